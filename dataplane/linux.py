@@ -1,0 +1,449 @@
+"""The kernel data plane of one host: bridges, VXLAN devices, veths, FDB and neighbour entries.
+
+Design notes (why it is built this way):
+- One network = one VNI = one bridge `pwb-<vni>` with one VXLAN device `pwx-<vni>` as a port. Frames
+  of different networks never meet in the kernel, so isolation does not depend on addresses.
+- The VXLAN device has learning off and `proxy` on, and no all-zeros FDB entry. Remote endpoints
+  are programmed as permanent FDB entries (MAC -> peer underlay address) and permanent neighbour
+  entries (IP -> MAC) on the VXLAN device, so ARP requests are answered locally by the proxy and no
+  broadcast or unknown unicast ever crosses hosts.
+- A container's port is a veth pair: the container end (`ethwe`, `ethwe1`, ...) is created straight
+  inside the container's network namespace (`net_ns_pid`), the host end `pwv<hash>` joins the
+  bridge. Both ends carry an ifalias ("pyweave cid=... vni=...") so the agent recognises what it
+  owns after a restart and garbage-collects what nobody wants any more.
+- Every write is an idempotent ensure_*/remove_*: read, compare, reuse or replace with a logged
+  reason; a missing object on removal is success. This module knows nothing of etcd.
+
+All methods act in the network namespace the process runs in (the host's), except the container
+ends, which are reached through `/proc/<pid>/ns/net`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+BRIDGE_PREFIX = "pwb-"
+VXLAN_PREFIX = "pwx-"
+VETH_PREFIX = "pwv"
+TEMP_PREFIX = "pwt"
+ALIAS_PREFIX = "pyweave "
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+
+
+class DataplaneError(Exception):
+    """A kernel operation failed. `retryable` says whether trying again later may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Underlay:
+    ifname: str
+    ifindex: int
+    address: str
+    mtu: int
+
+
+@dataclass(frozen=True)
+class LocalPort:
+    """Desired: one container on one network."""
+
+    container_id: str
+    pid: int
+    vni: int
+    ifname: str  # inside the container
+    mac: str
+    cidrs: tuple[str, ...]
+    mtu: int
+
+
+@dataclass(frozen=True)
+class PortState:
+    """Observed: what the host end's alias says about a port."""
+
+    host_ifname: str
+    container_id: str
+    vni: int
+    ifname: str
+    pid: int
+    mac: str
+    cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    mac: str
+    ip: str
+    underlay: str
+
+
+def bridge_name(vni: int) -> str:
+    return f"{BRIDGE_PREFIX}{vni}"
+
+
+def vxlan_name(vni: int) -> str:
+    return f"{VXLAN_PREFIX}{vni}"
+
+
+def host_veth_name(container_id: str, vni: int) -> str:
+    digest = hashlib.sha1(f"{container_id}:{vni}".encode()).hexdigest()
+    return VETH_PREFIX + digest[:12]
+
+
+def _alias(port: LocalPort) -> str:
+    return (
+        f"{ALIAS_PREFIX}cid={port.container_id} vni={port.vni} if={port.ifname} pid={port.pid} "
+        f"mac={port.mac} addrs={','.join(port.cidrs)}"
+    )
+
+
+def _parse_alias(host_ifname: str, alias: str | None) -> PortState | None:
+    if not alias or not alias.startswith(ALIAS_PREFIX):
+        return None
+    fields = dict(part.split("=", 1) for part in alias[len(ALIAS_PREFIX):].split() if "=" in part)
+    try:
+        return PortState(
+            host_ifname=host_ifname,
+            container_id=fields["cid"],
+            vni=int(fields["vni"]),
+            ifname=fields["if"],
+            pid=int(fields["pid"]),
+            mac=fields["mac"],
+            cidrs=tuple(c for c in fields.get("addrs", "").split(",") if c),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def find_underlay(address: str | None = None) -> Underlay:
+    """The interface carrying the overlay: the one with `address`, else the default route's, else
+    the first interface with a global IPv4 address that pyweave did not make."""
+    with IPRoute() as ipr:
+        links = {link["index"]: link for link in ipr.get_links()}
+        addrs = [
+            (a["index"], a.get_attr("IFA_ADDRESS"))
+            for a in ipr.get_addr(family=2)
+            if a["scope"] == 0
+        ]
+        candidates = [
+            (idx, ip)
+            for idx, ip in addrs
+            if not links[idx].get_attr("IFLA_IFNAME").startswith((BRIDGE_PREFIX, VXLAN_PREFIX, VETH_PREFIX))
+        ]
+        chosen = None
+        if address:
+            chosen = next(((i, a) for i, a in candidates if a == address), None)
+            if chosen is None:
+                raise DataplaneError(f"no interface here has address {address}", retryable=False)
+        else:
+            default = [r.get_attr("RTA_OIF") for r in ipr.get_default_routes(family=2)]
+            chosen = next(((i, a) for i, a in candidates if i in default), None) or (
+                candidates[0] if candidates else None
+            )
+        if chosen is None:
+            raise DataplaneError(
+                "no IPv4 address found for the underlay; give this host an address first", retryable=False
+            )
+        idx, ip = chosen
+        link = links[idx]
+        return Underlay(link.get_attr("IFLA_IFNAME"), idx, ip, link.get_attr("IFLA_MTU"))
+
+
+def _ignore_missing(err: NetlinkError) -> bool:
+    return err.code in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
+
+
+class LinuxDataplane:
+    """Programs the kernel of the namespace this process runs in."""
+
+    def __init__(self, *, underlay: Underlay, vtep_mac: str, mtu: int) -> None:
+        self.underlay = underlay
+        self.vtep_mac = vtep_mac
+        self.mtu = mtu
+        self.ipr = IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    # -- lookups -------------------------------------------------------------------------------
+    def _link(self, ifname: str):
+        try:
+            found = self.ipr.link_lookup(ifname=ifname)
+            return self.ipr.get_links(found[0])[0] if found else None
+        except NetlinkError as err:
+            if _ignore_missing(err):
+                return None
+            raise
+
+    def networks(self) -> set[int]:
+        """VNIs that have a bridge or VXLAN device here."""
+        out = set()
+        for link in self.ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            for prefix in (BRIDGE_PREFIX, VXLAN_PREFIX):
+                if name.startswith(prefix) and name[len(prefix):].isdigit():
+                    out.add(int(name[len(prefix):]))
+        return out
+
+    def ports(self) -> dict[tuple[str, int], PortState]:
+        out = {}
+        for link in self.ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if name.startswith(VETH_PREFIX):
+                state = _parse_alias(name, link.get_attr("IFLA_IFALIAS"))
+                if state is None:
+                    state = PortState(name, "", 0, "", 0, "", ())
+                out[(state.container_id, state.vni)] = state
+        return out
+
+    # -- networks ------------------------------------------------------------------------------
+    def ensure_network(self, vni: int) -> None:
+        """Bridge and VXLAN device of vni, up, with this host's MTU and VTEP MAC."""
+        br = self._ensure_bridge(vni)
+        self._ensure_vxlan(vni, br)
+
+    def _ensure_bridge(self, vni: int) -> int:
+        name = bridge_name(vni)
+        link = self._link(name)
+        if link is not None and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "bridge":
+            log.warning("replacing %s: it is not a bridge", name)
+            self._delete_link(name)
+            link = None
+        if link is None:
+            log.info("creating bridge %s", name)
+            self.ipr.link("add", ifname=name, kind="bridge", mtu=self.mtu)
+            link = self._link(name)
+        idx = link["index"]
+        if link.get_attr("IFLA_MTU") != self.mtu or link.get_attr("IFLA_OPERSTATE") == "DOWN" or not link["flags"] & 1:
+            self.ipr.link("set", index=idx, mtu=self.mtu, state="up")
+        return idx
+
+    def _vxlan_mismatch(self, link, vni: int, bridge_idx: int) -> str | None:
+        data = lambda attr: link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", attr)  # noqa: E731
+        if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan":
+            return "it is not a VXLAN device"
+        wanted = {
+            "IFLA_VXLAN_ID": vni,
+            "IFLA_VXLAN_LOCAL": self.underlay.address,
+            "IFLA_VXLAN_LINK": self.underlay.ifindex,
+            "IFLA_VXLAN_PORT": VXLAN_PORT,
+            "IFLA_VXLAN_LEARNING": 0,
+            "IFLA_VXLAN_PROXY": 1,
+        }
+        for attr, value in wanted.items():
+            if data(attr) != value:
+                return f"{attr.lower()[10:]} is {data(attr)}, want {value}"
+        return None
+
+    def _ensure_vxlan(self, vni: int, bridge_idx: int) -> int:
+        name = vxlan_name(vni)
+        link = self._link(name)
+        if link is not None:
+            reason = self._vxlan_mismatch(link, vni, bridge_idx)
+            if reason:
+                log.warning("replacing %s: %s", name, reason)
+                self._delete_link(name)
+                link = None
+        if link is None:
+            log.info("creating vxlan %s vni=%d local=%s dev=%s", name, vni, self.underlay.address, self.underlay.ifname)
+            self.ipr.link(
+                "add",
+                ifname=name,
+                kind="vxlan",
+                vxlan_id=vni,
+                vxlan_local=self.underlay.address,
+                vxlan_link=self.underlay.ifindex,
+                vxlan_port=VXLAN_PORT,
+                vxlan_learning=0,
+                vxlan_proxy=1,
+                address=self.vtep_mac,
+                mtu=self.mtu,
+            )
+            link = self._link(name)
+        idx = link["index"]
+        if (
+            link.get_attr("IFLA_MASTER") != bridge_idx
+            or link.get_attr("IFLA_MTU") != self.mtu
+            or link.get_attr("IFLA_ADDRESS") != self.vtep_mac
+            or not link["flags"] & 1
+        ):
+            self.ipr.link("set", index=idx, master=bridge_idx, mtu=self.mtu, address=self.vtep_mac, state="up")
+        return idx
+
+    def remove_network(self, vni: int) -> None:
+        log.info("removing network devices of vni %d", vni)
+        self._delete_link(vxlan_name(vni))
+        self._delete_link(bridge_name(vni))
+
+    def _delete_link(self, name: str) -> None:
+        try:
+            found = self.ipr.link_lookup(ifname=name)
+            if found:
+                self.ipr.link("del", index=found[0])
+        except NetlinkError as err:
+            if not _ignore_missing(err):
+                raise
+
+    # -- container ports -----------------------------------------------------------------------
+    def ensure_port(self, port: LocalPort) -> None:
+        """The container's interface on port.vni, with exactly port.cidrs, joined to the bridge."""
+        host_name = host_veth_name(port.container_id, port.vni)
+        link = self._link(host_name)
+        bridge = self._link(bridge_name(port.vni))
+        if bridge is None:
+            raise DataplaneError(f"bridge {bridge_name(port.vni)} is missing; ensure_network first")
+        if link is not None:
+            state = _parse_alias(host_name, link.get_attr("IFLA_IFALIAS"))
+            if state is None or state.pid != port.pid or state.ifname != port.ifname or state.mac != port.mac:
+                log.info("replacing port %s of %s: container or its interface changed", host_name, port.container_id[:12])
+                self._delete_link(host_name)
+                link = None
+            else:
+                if state.cidrs != port.cidrs:
+                    self._set_container_addresses(port)
+                    self.ipr.link("set", index=link["index"], ifalias=_alias(port))
+                if link.get_attr("IFLA_MASTER") != bridge["index"] or not link["flags"] & 1:
+                    self.ipr.link("set", index=link["index"], master=bridge["index"], state="up")
+                return
+        self._create_port(port, host_name, bridge["index"])
+
+    def _create_port(self, port: LocalPort, host_name: str, bridge_idx: int) -> None:
+        temp = TEMP_PREFIX + host_name[len(VETH_PREFIX):]
+        log.info("creating port %s -> %s:%s %s", host_name, port.container_id[:12], port.ifname, ",".join(port.cidrs))
+        try:
+            self.ipr.link(
+                "add",
+                ifname=host_name,
+                kind="veth",
+                mtu=port.mtu,
+                peer={"ifname": temp, "net_ns_pid": port.pid, "mtu": port.mtu},
+            )
+        except NetlinkError as err:
+            raise DataplaneError(f"cannot create veth for container {port.container_id[:12]}: {err}") from err
+        # Configure the container end before the host end joins the bridge, so a half-made port
+        # never carries traffic; on any failure remove the pair (deleting one end deletes both).
+        try:
+            with NetNS(f"/proc/{port.pid}/ns/net") as ns:
+                found = ns.link_lookup(ifname=temp)
+                if not found:
+                    raise DataplaneError(f"veth end {temp} did not appear in container {port.container_id[:12]}")
+                idx = found[0]
+                if ns.link_lookup(ifname=port.ifname):
+                    raise DataplaneError(
+                        f"container {port.container_id[:12]} already has an interface named {port.ifname}",
+                        retryable=False,
+                    )
+                ns.link("set", index=idx, ifname=port.ifname, address=port.mac, ifalias=_alias(port))
+                for cidr in port.cidrs:
+                    iface = ipaddress.IPv4Interface(cidr)
+                    ns.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                ns.link("set", index=idx, state="up")
+            host_idx = self.ipr.link_lookup(ifname=host_name)[0]
+            self.ipr.link("set", index=host_idx, master=bridge_idx, ifalias=_alias(port), state="up")
+        except (NetlinkError, OSError, DataplaneError) as err:
+            self._delete_link(host_name)
+            if isinstance(err, DataplaneError):
+                raise
+            raise DataplaneError(f"cannot configure {port.ifname} in container {port.container_id[:12]}: {err}") from err
+
+    def _set_container_addresses(self, port: LocalPort) -> None:
+        with NetNS(f"/proc/{port.pid}/ns/net") as ns:
+            found = ns.link_lookup(ifname=port.ifname)
+            if not found:
+                raise DataplaneError(f"{port.ifname} vanished from container {port.container_id[:12]}")
+            idx = found[0]
+            have = {
+                f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ns.get_addr(index=idx, family=2)
+            }
+            want = set(port.cidrs)
+            for cidr in have - want:
+                iface = ipaddress.IPv4Interface(cidr)
+                ns.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            for cidr in sorted(want - have):
+                iface = ipaddress.IPv4Interface(cidr)
+                ns.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+    def remove_port(self, state: PortState) -> None:
+        log.info("removing port %s (container %s vni %d)", state.host_ifname, state.container_id[:12], state.vni)
+        self._delete_link(state.host_ifname)
+
+    # -- remote endpoints ----------------------------------------------------------------------
+    def sync_remote(self, vni: int, entries: Iterable[RemoteEntry]) -> int:
+        """Make the FDB and neighbour entries of vni's VXLAN device exactly `entries`.
+
+        Returns the number of changes made (0 when already in sync)."""
+        found = self.ipr.link_lookup(ifname=vxlan_name(vni))
+        if not found:
+            raise DataplaneError(f"{vxlan_name(vni)} is missing; ensure_network first")
+        idx = found[0]
+        want_fdb = {e.mac: e.underlay for e in entries}
+        want_neigh = {e.ip: e.mac for e in entries}
+        have_fdb = {}
+        for entry in self.ipr.fdb("dump", ifindex=idx):
+            dst = entry.get_attr("NDA_DST")
+            mac = entry.get_attr("NDA_LLADDR")
+            if dst and entry["ifindex"] == idx:
+                have_fdb[mac] = dst
+        have_neigh = {}
+        for entry in self.ipr.neigh("dump", ifindex=idx, family=2):
+            if entry["ifindex"] == idx and entry.get_attr("NDA_DST"):
+                have_neigh[entry.get_attr("NDA_DST")] = (entry.get_attr("NDA_LLADDR"), entry["state"])
+        changes = 0
+        for mac, dst in have_fdb.items():
+            if want_fdb.get(mac) != dst:
+                self._quiet(self.ipr.fdb, "del", ifindex=idx, lladdr=mac, dst=dst)
+                changes += 1
+        for ip, (mac, state) in have_neigh.items():
+            if want_neigh.get(ip) != mac or not state & NUD_PERMANENT:
+                self._quiet(self.ipr.neigh, "del", ifindex=idx, dst=ip, lladdr=mac)
+                changes += 1
+        for mac, dst in want_fdb.items():
+            if have_fdb.get(mac) != dst:
+                self.ipr.fdb("append", ifindex=idx, lladdr=mac, dst=dst, state=NUD_PERMANENT)
+                changes += 1
+        for ip, mac in want_neigh.items():
+            have = have_neigh.get(ip)
+            if have is None or have[0] != mac or not have[1] & NUD_PERMANENT:
+                self.ipr.neigh("replace", ifindex=idx, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+                changes += 1
+        return changes
+
+    def _quiet(self, fn, *args, **kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except NetlinkError as err:
+            if not _ignore_missing(err):
+                raise
+
+    # -- inventory -----------------------------------------------------------------------------
+    def inventory(self) -> dict[str, int]:
+        """Counts of the objects pyweave owns here (tests compare them before and after)."""
+        counts = {"bridges": 0, "vxlans": 0, "veths": 0, "fdb": 0, "neigh": 0}
+        for link in self.ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if name.startswith(BRIDGE_PREFIX):
+                counts["bridges"] += 1
+            elif name.startswith(VXLAN_PREFIX):
+                counts["vxlans"] += 1
+                counts["fdb"] += sum(1 for e in self.ipr.fdb("dump", ifindex=link["index"]) if e.get_attr("NDA_DST"))
+                counts["neigh"] += sum(
+                    1 for e in self.ipr.neigh("dump", ifindex=link["index"], family=2) if e["ifindex"] == link["index"]
+                )
+            elif name.startswith(VETH_PREFIX):
+                counts["veths"] += 1
+        return counts

@@ -1,0 +1,473 @@
+"""The cluster's key schema and domain records: the upper tier of `store/`.
+
+Everything pyweave shares lives under one versioned prefix, `/pyweave/v1/` (documented for people who
+edit it with etcdctl in docs/keys.md). Values are JSON objects. Every value read is validated here:
+a bad one becomes an `Invalid` entry naming the key and the problem, never an exception, so one
+hand-edited mistake cannot stop an agent from applying everything else.
+
+Desired state (written by the CLI or a person):
+    networks/<net-id>                 {"subnet": "10.0.0.0/24", "vni": 65536}
+    attachments/<host>/<container>    {"cidrs": ["10.0.0.1/24"]}
+    ips/<net-id>/<ip>                 {"host": "...", "container": "..."}   (address claims)
+Observed state (written only by the agent that owns it, bound to its host's lease):
+    hosts/<host>                      {"name", "address", "vtep_mac", "mtu", "state", ...}
+    endpoints/<host>/<container>/<ip> {"ip", "prefixlen", "subnet", "vni", "mac", "ifname", ...}
+Progress (outside the watched prefix, so writing it wakes no agent):
+    /pyweave/progress/v1/<host>       {"revision": N, "problems": [{"key", "problem"}]}
+
+`<net-id>` is the subnet with "/" replaced by "-" (10.0.0.0-24).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+ROOT = "/pyweave/v1/"
+PROGRESS_ROOT = "/pyweave/progress/v1/"
+HOSTS = ROOT + "hosts/"
+NETWORKS = ROOT + "networks/"
+ATTACHMENTS = ROOT + "attachments/"
+ENDPOINTS = ROOT + "endpoints/"
+IPS = ROOT + "ips/"
+VNIS = ROOT + "vnis/"
+
+FIRST_VNI = 0x10000  # leaves the low range free for hand-made VXLANs
+MAX_VNI = 0xFFFFFF
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class RawStore(Protocol):
+    """What the domain tier needs of the raw tier (store.etcd.EtcdStore, or an in-memory fake)."""
+
+    def list(self, prefix: str) -> tuple[list, int]: ...
+    def get(self, key: str): ...
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int: ...
+    def delete(self, key: str) -> bool: ...
+    def create(self, key: str, value: bytes, *, lease: int = 0) -> bool: ...
+    def commit(self, *, absent=(), unchanged=None, puts=(), deletes=(), lease: int = 0) -> bool: ...
+    def delete_if(self, key: str, *, mod_revision: int) -> bool: ...
+
+
+def net_id(subnet: ipaddress.IPv4Network | str) -> str:
+    return str(subnet).replace("/", "-")
+
+
+def host_key(host: str) -> str:
+    return HOSTS + host
+
+
+def network_key(subnet: ipaddress.IPv4Network | str) -> str:
+    return NETWORKS + net_id(subnet)
+
+
+def attachment_key(host: str, container: str) -> str:
+    return f"{ATTACHMENTS}{host}/{container}"
+
+
+def endpoint_key(host: str, container: str, ip: str) -> str:
+    return f"{ENDPOINTS}{host}/{container}/{ip}"
+
+
+def ip_claim_key(subnet: ipaddress.IPv4Network | str, ip: str) -> str:
+    return f"{IPS}{net_id(subnet)}/{ip}"
+
+
+def progress_key(host: str) -> str:
+    return PROGRESS_ROOT + host
+
+
+def encode(record: object) -> bytes:
+    return json.dumps(asdict(record), sort_keys=True, separators=(",", ":")).encode()
+
+
+# -- records ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HostRecord:
+    name: str
+    address: str
+    vtep_mac: str
+    mtu: int
+    state: str = "alive"  # "alive" while the agent runs; "stopped" after `pyweave stop`
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    subnet: str
+    vni: int
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+
+@dataclass(frozen=True)
+class AttachmentRecord:
+    host: str
+    container: str
+    cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    host: str
+    container: str
+    ip: str
+    prefixlen: int
+    subnet: str
+    vni: int
+    mac: str
+    ifname: str
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.ip}/{self.prefixlen}"
+
+
+@dataclass(frozen=True)
+class IpClaim:
+    subnet: str
+    ip: str
+    host: str
+    container: str
+
+
+@dataclass(frozen=True)
+class Invalid:
+    key: str
+    problem: str
+
+
+# -- parsing ----------------------------------------------------------------------------------
+class _Bad(ValueError):
+    pass
+
+
+def _obj(raw: bytes) -> dict:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _Bad(f"not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise _Bad(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _field(obj: dict, name: str, kind: type | tuple[type, ...]) -> object:
+    if name not in obj:
+        raise _Bad(f'missing field "{name}"')
+    value = obj[name]
+    if isinstance(value, bool) and kind is not bool:
+        raise _Bad(f'field "{name}" must be {getattr(kind, "__name__", kind)}, not a boolean')
+    if not isinstance(value, kind):
+        raise _Bad(f'field "{name}" must be {getattr(kind, "__name__", kind)}, got {json.dumps(value)}')
+    return value
+
+
+def _ipv4(text: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError as err:
+        raise _Bad(f"{what} {text!r} is not an IPv4 address") from err
+
+
+def _subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as err:
+        raise _Bad(f"subnet {text!r} is not an IPv4 network with zero host bits ({err})") from err
+    if not 8 <= net.prefixlen <= 30:
+        raise _Bad(f"subnet {text} must have a prefix length between /8 and /30")
+    return net
+
+
+def _endpoint_cidr(text: object) -> ipaddress.IPv4Interface:
+    if not isinstance(text, str):
+        raise _Bad(f"address {json.dumps(text)} must be a string like 10.0.0.1/24")
+    if text.startswith("ip:"):
+        text = text[3:]
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError as err:
+        raise _Bad(f"address {text!r} is not an IPv4 CIDR like 10.0.0.1/24") from err
+    if "/" not in text:
+        raise _Bad(f"address {text!r} needs a prefix length, like {text}/24")
+    net = iface.network
+    if not 8 <= net.prefixlen <= 30:
+        raise _Bad(f"address {text} must have a prefix length between /8 and /30")
+    if iface.ip in (net.network_address, net.broadcast_address):
+        raise _Bad(f"address {text} is the network or broadcast address of {net}")
+    return iface
+
+
+def _parse_host(name: str, obj: dict) -> HostRecord:
+    rec = HostRecord(
+        name=str(_field(obj, "name", str)),
+        address=str(_ipv4(str(_field(obj, "address", str)), "address")),
+        vtep_mac=str(_field(obj, "vtep_mac", str)).lower(),
+        mtu=int(_field(obj, "mtu", int)),
+        state=str(obj.get("state", "alive")),
+        version=str(obj.get("version", "")),
+    )
+    if rec.name != name:
+        raise _Bad(f'field "name" is {rec.name!r} but the key names host {name!r}')
+    if not MAC_RE.match(rec.vtep_mac):
+        raise _Bad(f"vtep_mac {rec.vtep_mac!r} is not a MAC address")
+    if not 576 <= rec.mtu <= 65535:
+        raise _Bad(f"mtu {rec.mtu} is out of range")
+    return rec
+
+
+def _parse_network(nid: str, obj: dict) -> NetworkRecord:
+    subnet = _subnet(str(_field(obj, "subnet", str)))
+    vni = int(_field(obj, "vni", int))
+    if net_id(subnet) != nid:
+        raise _Bad(f"subnet {subnet} does not match the key (expected networks/{net_id(subnet)})")
+    if not 1 <= vni <= MAX_VNI:
+        raise _Bad(f"vni {vni} is out of range 1..{MAX_VNI}")
+    return NetworkRecord(subnet=str(subnet), vni=vni)
+
+
+def _parse_attachment(host: str, container: str, obj: dict) -> AttachmentRecord:
+    cidrs = _field(obj, "cidrs", list)
+    parsed = [_endpoint_cidr(c) for c in cidrs]
+    if len({p.ip for p in parsed}) != len(parsed):
+        raise _Bad("the same address is listed twice")
+    return AttachmentRecord(host=host, container=container, cidrs=tuple(str(p) for p in parsed))
+
+
+def _parse_endpoint(host: str, container: str, ip: str, obj: dict) -> EndpointRecord:
+    rec = EndpointRecord(
+        host=host,
+        container=container,
+        ip=str(_ipv4(str(_field(obj, "ip", str)), "ip")),
+        prefixlen=int(_field(obj, "prefixlen", int)),
+        subnet=str(_subnet(str(_field(obj, "subnet", str)))),
+        vni=int(_field(obj, "vni", int)),
+        mac=str(_field(obj, "mac", str)).lower(),
+        ifname=str(_field(obj, "ifname", str)),
+    )
+    if rec.ip != ip:
+        raise _Bad(f"ip {rec.ip} does not match the key's {ip}")
+    if ipaddress.IPv4Address(rec.ip) not in ipaddress.IPv4Network(rec.subnet):
+        raise _Bad(f"ip {rec.ip} is outside its subnet {rec.subnet}")
+    if not MAC_RE.match(rec.mac):
+        raise _Bad(f"mac {rec.mac!r} is not a MAC address")
+    return rec
+
+
+def _parse_claim(nid: str, ip: str, obj: dict) -> IpClaim:
+    return IpClaim(
+        subnet=nid.replace("-", "/"),
+        ip=str(_ipv4(ip, "ip")),
+        host=str(_field(obj, "host", str)),
+        container=str(_field(obj, "container", str)),
+    )
+
+
+@dataclass
+class ClusterState:
+    """A validated snapshot of everything under ROOT."""
+
+    hosts: dict[str, HostRecord] = field(default_factory=dict)
+    networks: dict[str, NetworkRecord] = field(default_factory=dict)  # by subnet string
+    attachments: dict[tuple[str, str], AttachmentRecord] = field(default_factory=dict)
+    endpoints: dict[str, EndpointRecord] = field(default_factory=dict)  # by key
+    claims: dict[tuple[str, str], IpClaim] = field(default_factory=dict)  # (subnet, ip)
+    invalid: list[Invalid] = field(default_factory=list)
+
+    @classmethod
+    def from_items(cls, items: Iterable[tuple[str, bytes]]) -> ClusterState:
+        state = cls()
+        for key, raw in items:
+            state._add(key, raw)
+        state._cross_check()
+        return state
+
+    def _add(self, key: str, raw: bytes) -> None:
+        if not key.startswith(ROOT):
+            return
+        parts = key[len(ROOT):].split("/")
+        kind, rest = parts[0], parts[1:]
+        try:
+            if kind == "hosts" and len(rest) == 1:
+                self.hosts[rest[0]] = _parse_host(rest[0], _obj(raw))
+            elif kind == "networks" and len(rest) == 1:
+                rec = _parse_network(rest[0], _obj(raw))
+                self.networks[rec.subnet] = rec
+            elif kind == "attachments" and len(rest) == 2:
+                self.attachments[(rest[0], rest[1])] = _parse_attachment(rest[0], rest[1], _obj(raw))
+            elif kind == "endpoints" and len(rest) == 3:
+                self.endpoints[key] = _parse_endpoint(rest[0], rest[1], rest[2], _obj(raw))
+            elif kind == "ips" and len(rest) == 2:
+                claim = _parse_claim(rest[0], rest[1], _obj(raw))
+                self.claims[(claim.subnet, claim.ip)] = claim
+            elif kind == "vnis" and len(rest) == 1:
+                pass
+            else:
+                raise _Bad("unknown key: not part of the schema in docs/keys.md")
+        except _Bad as err:
+            self.invalid.append(Invalid(key, str(err)))
+
+    def _cross_check(self) -> None:
+        by_vni: dict[int, str] = {}
+        for subnet, rec in sorted(self.networks.items()):
+            if rec.vni in by_vni:
+                self.invalid.append(
+                    Invalid(network_key(subnet), f"vni {rec.vni} is already used by {by_vni[rec.vni]}")
+                )
+                del self.networks[subnet]
+            else:
+                by_vni[rec.vni] = subnet
+        for key, ep in list(self.endpoints.items()):
+            net = self.networks.get(ep.subnet)
+            if net is None or net.vni != ep.vni:
+                self.invalid.append(Invalid(key, f"network {ep.subnet} with vni {ep.vni} is unknown"))
+                del self.endpoints[key]
+            elif ep.host not in self.hosts:
+                self.invalid.append(Invalid(key, f"host {ep.host} is not registered"))
+                del self.endpoints[key]
+
+    def network_for(self, subnet: ipaddress.IPv4Network | str) -> NetworkRecord | None:
+        return self.networks.get(str(subnet))
+
+    def vni_owner(self) -> Mapping[int, NetworkRecord]:
+        return {rec.vni: rec for rec in self.networks.values()}
+
+
+# -- domain operations ------------------------------------------------------------------------
+class ClusterError(Exception):
+    """A request the cluster's state refuses; the message says what to do."""
+
+
+class AddressInUse(ClusterError):
+    pass
+
+
+class SubnetConflict(ClusterError):
+    pass
+
+
+_RETRIES = 8
+
+
+class Cluster:
+    """Domain operations over a raw store: every multi-writer change is one transaction."""
+
+    def __init__(self, raw: RawStore) -> None:
+        self.raw = raw
+
+    def state(self) -> tuple[ClusterState, int]:
+        kvs, revision = self.raw.list(ROOT)
+        return ClusterState.from_items((kv.key, kv.value) for kv in kvs), revision
+
+    def ensure_network(self, subnet: ipaddress.IPv4Network) -> NetworkRecord:
+        """The network record of subnet, created with a fresh VNI if needed.
+
+        Refuses a subnet that overlaps a different existing one: two overlapping networks could not
+        be routed from a host exposed on both, and a user who typed /16 for /24 wants to hear it.
+        """
+        for _ in range(_RETRIES):
+            state, _rev = self.state()
+            existing = state.networks.get(str(subnet))
+            if existing:
+                return existing
+            for other in state.networks.values():
+                if other.network.overlaps(subnet):
+                    raise SubnetConflict(
+                        f"subnet {subnet} overlaps existing network {other.subnet}; "
+                        f"use {other.subnet} or a subnet that does not overlap it"
+                    )
+            used = {rec.vni for rec in state.networks.values()}
+            kvs, _ = self.raw.list(VNIS)
+            used |= {int(kv.key[len(VNIS):]) for kv in kvs if kv.key[len(VNIS):].isdigit()}
+            vni = next(v for v in range(FIRST_VNI, MAX_VNI) if v not in used)
+            rec = NetworkRecord(subnet=str(subnet), vni=vni)
+            if self.raw.commit(
+                absent=[network_key(subnet), VNIS + str(vni)],
+                puts=[(network_key(subnet), encode(rec)), (VNIS + str(vni), json.dumps({"subnet": str(subnet)}).encode())],
+            ):
+                return rec
+        raise ClusterError(f"could not create network {subnet}: too much contention, try again")
+
+    def holder_of(self, subnet: ipaddress.IPv4Network, ip: ipaddress.IPv4Address) -> IpClaim | None:
+        kv = self.raw.get(ip_claim_key(subnet, str(ip)))
+        if kv is None:
+            return None
+        try:
+            return _parse_claim(net_id(subnet), str(ip), _obj(kv.value))
+        except _Bad:
+            return None
+
+    def attach(self, host: str, container: str, cidrs: Iterable[ipaddress.IPv4Interface]) -> list[str]:
+        """Add addresses to a container's attachment, claiming each address in one transaction.
+
+        Returns the CIDRs that were added (already attached ones are skipped, so this is idempotent).
+        """
+        wanted = list(cidrs)
+        for _ in range(_RETRIES):
+            key = attachment_key(host, container)
+            kv = self.raw.get(key)
+            current: list[str] = []
+            if kv is not None:
+                try:
+                    current = list(_parse_attachment(host, container, _obj(kv.value)).cidrs)
+                except _Bad:
+                    current = []
+            have = {ipaddress.IPv4Interface(c).ip for c in current}
+            added = [c for c in wanted if c.ip not in have]
+            if not added:
+                return []
+            unclaimed = []
+            for c in added:
+                holder = self.holder_of(c.network, c.ip)
+                if holder is None:
+                    unclaimed.append(c)
+                elif (holder.host, holder.container) != (host, container):
+                    raise AddressInUse(
+                        f"address {c.ip} in {c.network} is already held by container "
+                        f"{holder.container[:12]} on host {holder.host}; choose another address"
+                    )
+            claims = [
+                (ip_claim_key(c.network, str(c.ip)), json.dumps({"host": host, "container": container}).encode())
+                for c in unclaimed
+            ]
+            value = json.dumps({"cidrs": current + [str(c) for c in added]}).encode()
+            unchanged = {key: kv.mod_revision} if kv is not None else {}
+            absent = [k for k, _ in claims] + ([] if kv is not None else [key])
+            if self.raw.commit(absent=absent, unchanged=unchanged, puts=claims + [(key, value)]):
+                return [str(c) for c in added]
+        raise ClusterError(f"could not attach {container[:12]}: too much contention, try again")
+
+    def detach(self, host: str, container: str, cidrs: Iterable[ipaddress.IPv4Interface] | None) -> list[str]:
+        """Remove addresses (all if cidrs is None) from an attachment and release their claims."""
+        for _ in range(_RETRIES):
+            key = attachment_key(host, container)
+            kv = self.raw.get(key)
+            if kv is None:
+                return []
+            try:
+                current = list(_parse_attachment(host, container, _obj(kv.value)).cidrs)
+            except _Bad:
+                current = []
+            if cidrs is None:
+                removed = current
+            else:
+                drop = {c.ip for c in cidrs}
+                removed = [c for c in current if ipaddress.IPv4Interface(c).ip in drop]
+            keep = [c for c in current if c not in removed]
+            deletes = [ip_claim_key(ipaddress.IPv4Interface(c).network, str(ipaddress.IPv4Interface(c).ip)) for c in removed]
+            puts: list[tuple[str, bytes]] = []
+            if keep:
+                puts.append((key, json.dumps({"cidrs": keep}).encode()))
+            else:
+                deletes.append(key)
+            if self.raw.commit(unchanged={key: kv.mod_revision}, puts=puts, deletes=deletes):
+                return removed
+        raise ClusterError(f"could not detach {container[:12]}: too much contention, try again")

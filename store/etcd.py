@@ -1,0 +1,289 @@
+"""Raw etcd access: keys, revisions, leases, transactions and watches.
+
+This is the lower of the two tiers of `store/` (flannel's registry): it knows nothing of hosts or
+networks, only bytes under keys. Every error of the etcd client (gRPC status codes, the client's own
+exceptions) is translated here, once, into `StoreUnavailable` (retry later) or `Compacted` (re-list),
+so the layers above never import grpc.
+
+Client choice: `etcd-sdk-python` (import name `pyetcd`), the maintained fork of python-etcd3. Same
+API, current protobuf (the original pins protobuf<3.21), and a multi-endpoint client with failover,
+which a three-member cluster needs when its leader dies.
+
+Watches: the client delivers one error to a watch callback when the stream breaks (etcd restarted,
+network cut) and never calls it again. `EtcdStore.watch` hands that error to the caller, which must
+watch again from its last revision (and re-list on `Compacted`): see `pyweave.watcher`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import grpc
+import pyetcd
+from pyetcd import events as etcd_events
+from pyetcd import exceptions as etcd_exceptions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIENT_PORT = 2379
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """etcd could not be reached or did not answer in time: retry later."""
+
+    def __init__(self, endpoints: Sequence[str], cause: object = None) -> None:
+        self.endpoints = list(endpoints)
+        detail = f" ({cause})" if cause else ""
+        super().__init__(f"store unreachable at {','.join(self.endpoints)}{detail}")
+
+
+class Compacted(StoreError):
+    """The revision asked for has been compacted away: list again, then watch from there."""
+
+    def __init__(self, compacted_revision: int) -> None:
+        self.compacted_revision = compacted_revision
+        super().__init__(f"revision compacted (oldest available {compacted_revision})")
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One watch event: `value is None` means the key was deleted."""
+
+    key: str
+    value: bytes | None
+    revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """The changes of one watch response and the store revision they bring the watcher to."""
+
+    revision: int
+    changes: tuple[Change, ...]
+
+
+WatchCallback = Callable[[WatchBatch | StoreError], None]
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    """'http://10.0.0.1:2379', '10.0.0.1:2379' or '10.0.0.1' -> (host, port)."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if not parts.hostname:
+        raise ValueError(f"store endpoint {url!r} has no host; use e.g. http://10.0.0.1:2379")
+    return parts.hostname, parts.port or DEFAULT_CLIENT_PORT
+
+
+def normalise_endpoints(urls: Iterable[str]) -> list[str]:
+    out = []
+    for url in urls:
+        for part in url.split(","):
+            if part.strip():
+                host, port = parse_endpoint(part)
+                out.append(f"http://{host}:{port}")
+    if not out:
+        raise ValueError("no store endpoint given; use e.g. --store http://10.0.0.1:2379")
+    return out
+
+
+def _is_retryable(err: BaseException) -> bool:
+    return isinstance(
+        err,
+        (
+            grpc.RpcError,
+            etcd_exceptions.ConnectionFailedError,
+            etcd_exceptions.ConnectionTimeoutError,
+            etcd_exceptions.NoServerAvailableError,
+            etcd_exceptions.InternalServerError,
+            etcd_exceptions.WatchTimedOut,
+        ),
+    )
+
+
+class EtcdStore:
+    """A thin, error-translating face of one etcd cluster. Thread-safe, as the gRPC client is."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0) -> None:
+        self.endpoints = normalise_endpoints(endpoints)
+        self.timeout = timeout
+        eps = [pyetcd.Endpoint(*parse_endpoint(u), secure=False, time_retry=2.0) for u in self.endpoints]
+        self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        self._lock = threading.Lock()
+
+    def _call(self, fn: Callable, *args, **kwargs):
+        # With failover the client moves to another endpoint only when asked again, so a request
+        # that failed on a dead member is retried once per other endpoint before giving up.
+        attempts = len(self.endpoints)
+        for attempt in range(attempts):
+            try:
+                return fn(*args, **kwargs)
+            except etcd_exceptions.RevisionCompactedError as err:
+                raise Compacted(err.compacted_revision) from err
+            except Exception as err:  # noqa: BLE001 - translated below
+                if not _is_retryable(err):
+                    raise
+                if attempt == attempts - 1:
+                    raise StoreUnavailable(self.endpoints, _describe(err)) from err
+
+    # -- reads ---------------------------------------------------------------------------------
+    def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """All keys under prefix and the store revision of that snapshot."""
+        resp = self._call(self._client.get_prefix_response, prefix)
+        kvs = [
+            KeyValue(kv.key.decode(), bytes(kv.value), kv.mod_revision, kv.lease) for kv in resp.kvs
+        ]
+        return kvs, resp.header.revision
+
+    def get(self, key: str) -> KeyValue | None:
+        resp = self._call(self._client.get_response, key)
+        if not resp.kvs:
+            return None
+        kv = resp.kvs[0]
+        return KeyValue(kv.key.decode(), bytes(kv.value), kv.mod_revision, kv.lease)
+
+    def revision(self) -> int:
+        resp = self._call(self._client.get_response, "\0")
+        return resp.header.revision
+
+    # -- writes --------------------------------------------------------------------------------
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Write key; returns the store revision of the write."""
+        resp = self._call(self._client.put, key, value, lease=lease or None)
+        return resp.header.revision
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call(self._client.delete, key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        resp = self._call(self._client.delete_prefix, prefix)
+        return resp.deleted
+
+    def create(self, key: str, value: bytes, *, lease: int = 0) -> bool:
+        """Write key only if it does not exist. True if written."""
+        return self.commit(absent=[key], puts=[(key, value)], lease=lease)
+
+    def commit(
+        self,
+        *,
+        absent: Sequence[str] = (),
+        unchanged: Mapping[str, int] | None = None,
+        puts: Sequence[tuple[str, bytes]] = (),
+        deletes: Sequence[str] = (),
+        lease: int = 0,
+    ) -> bool:
+        """One transaction: if every key in `absent` is missing and every key in `unchanged` still has
+        the given mod revision, apply all puts and deletes. True if applied."""
+        tx = self._client.transactions
+        compare = [tx.create(k) == 0 for k in absent]
+        compare += [tx.mod(k) == rev for k, rev in (unchanged or {}).items()]
+        success = [tx.put(k, v, lease or None) for k, v in puts] + [tx.delete(k) for k in deletes]
+        ok, _ = self._call(self._client.transaction, compare=compare, success=success, failure=[])
+        return bool(ok)
+
+    def delete_if(self, key: str, *, mod_revision: int) -> bool:
+        tx = self._client.transactions
+        ok, _ = self._call(
+            self._client.transaction,
+            compare=[tx.mod(key) == mod_revision],
+            success=[tx.delete(key)],
+            failure=[],
+        )
+        return bool(ok)
+
+    def compact(self, revision: int) -> None:
+        self._call(self._client.compact, revision, physical=True)
+
+    # -- leases --------------------------------------------------------------------------------
+    def grant_lease(self, ttl: int) -> int:
+        return self._call(self._client.lease, ttl).id
+
+    def lease_ttl(self, lease_id: int) -> int:
+        """Seconds left on the lease; <= 0 if it has expired or never existed."""
+        resp = self._call(self._client.get_lease_info, lease_id)
+        return resp.TTL
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh the lease once; returns its TTL (<= 0: the lease is gone, grant a new one)."""
+
+        def refresh() -> int:
+            for resp in self._client.refresh_lease(lease_id):
+                return resp.TTL
+            return 0
+
+        return self._call(refresh)
+
+    def revoke_lease(self, lease_id: int) -> None:
+        self._call(self._client.revoke_lease, lease_id)
+
+    # -- watches -------------------------------------------------------------------------------
+    def watch(self, prefix: str, *, start_revision: int, callback: WatchCallback) -> Callable[[], None]:
+        """Deliver every change under prefix from start_revision on, in order, to callback.
+
+        The callback runs on the client's watch thread. It receives `Compacted` if start_revision is
+        gone, and `StoreUnavailable` once when the stream breaks; after either, nothing more comes:
+        the caller watches again. Returns a function that cancels the watch.
+        """
+
+        def on_response(resp) -> None:
+            if isinstance(resp, etcd_exceptions.RevisionCompactedError):
+                callback(Compacted(resp.compacted_revision))
+                return
+            if isinstance(resp, BaseException) or resp is None:
+                callback(StoreUnavailable(self.endpoints, _describe(resp)))
+                return
+            changes = tuple(
+                Change(
+                    ev.key.decode(),
+                    None if isinstance(ev, etcd_events.DeleteEvent) else bytes(ev.value),
+                    ev.mod_revision,
+                    0 if isinstance(ev, etcd_events.DeleteEvent) else ev.lease,
+                )
+                for ev in resp.events
+            )
+            callback(WatchBatch(resp.header.revision, changes))
+
+        watch_id = self._call(
+            self._client.add_watch_prefix_callback, prefix, on_response, start_revision=start_revision
+        )
+
+        def cancel() -> None:
+            try:
+                self._client.cancel_watch(watch_id)
+            except Exception as err:  # noqa: BLE001 - cancelling a dead watch is fine
+                log.debug("cancel watch %s: %s", watch_id, err)
+
+        return cancel
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _describe(err: object) -> str:
+    if isinstance(err, grpc.RpcError):
+        try:
+            return f"{err.code().name}: {err.details()}"
+        except Exception:  # noqa: BLE001
+            return str(err)
+    return str(err) if err else ""
