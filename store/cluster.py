@@ -11,6 +11,7 @@ Desired state (written by the CLI or a person):
     ips/<net-id>/<ip>                 {"host": "...", "container": "..."}   (address claims)
 Observed state (written only by the agent that owns it, bound to its host's lease):
     hosts/<host>                      {"name", "address", "vtep_mac", "mtu", "state", ...}
+    members/<host>                    the same, not lease-bound: hosts that were ever launched
     endpoints/<host>/<container>/<ip> {"ip", "prefixlen", "subnet", "vni", "mac", "ifname", ...}
 Progress (outside the watched prefix, so writing it wakes no agent):
     /pyweave/progress/v1/<host>       {"revision": N, "problems": [{"key", "problem"}]}
@@ -30,6 +31,7 @@ from typing import Protocol
 ROOT = "/pyweave/v1/"
 PROGRESS_ROOT = "/pyweave/progress/v1/"
 HOSTS = ROOT + "hosts/"
+MEMBERS = ROOT + "members/"
 NETWORKS = ROOT + "networks/"
 ATTACHMENTS = ROOT + "attachments/"
 ENDPOINTS = ROOT + "endpoints/"
@@ -60,6 +62,10 @@ def net_id(subnet: ipaddress.IPv4Network | str) -> str:
 
 def host_key(host: str) -> str:
     return HOSTS + host
+
+
+def member_key(host: str) -> str:
+    return MEMBERS + host
 
 
 def network_key(subnet: ipaddress.IPv4Network | str) -> str:
@@ -275,7 +281,8 @@ def _parse_claim(nid: str, ip: str, obj: dict) -> IpClaim:
 class ClusterState:
     """A validated snapshot of everything under ROOT."""
 
-    hosts: dict[str, HostRecord] = field(default_factory=dict)
+    hosts: dict[str, HostRecord] = field(default_factory=dict)  # alive or stopped (lease-bound)
+    members: dict[str, HostRecord] = field(default_factory=dict)  # every host ever launched
     networks: dict[str, NetworkRecord] = field(default_factory=dict)  # by subnet string
     attachments: dict[tuple[str, str], AttachmentRecord] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)  # by key
@@ -298,6 +305,8 @@ class ClusterState:
         try:
             if kind == "hosts" and len(rest) == 1:
                 self.hosts[rest[0]] = _parse_host(rest[0], _obj(raw))
+            elif kind == "members" and len(rest) == 1:
+                self.members[rest[0]] = _parse_host(rest[0], _obj(raw))
             elif kind == "networks" and len(rest) == 1:
                 rec = _parse_network(rest[0], _obj(raw))
                 self.networks[rec.subnet] = rec
@@ -471,3 +480,13 @@ class Cluster:
             if self.raw.commit(unchanged={key: kv.mod_revision}, puts=puts, deletes=deletes):
                 return removed
         raise ClusterError(f"could not detach {container[:12]}: too much contention, try again")
+
+    def claim(self, cidr: ipaddress.IPv4Interface, *, host: str, container: str) -> bool:
+        """Claim one address for an attachment written by hand (the CLI claims in `attach`).
+        False if another container holds it."""
+        key = ip_claim_key(cidr.network, str(cidr.ip))
+        value = json.dumps({"host": host, "container": container}).encode()
+        if self.raw.create(key, value):
+            return True
+        holder = self.holder_of(cidr.network, cidr.ip)
+        return holder is not None and (holder.host, holder.container) == (host, container)

@@ -1,0 +1,330 @@
+"""The per-host agent: registers the host, mirrors etcd, and reconciles the kernel toward it.
+
+Threads, each a thin loop with a stop event: the store watcher (list, then watch), the Docker event
+follower, the lease keep-alive. They only wake the reconcile loop, which owns all decisions:
+
+    snapshot + Docker  --plan_host-->  HostPlan  --apply-->  kernel (dataplane) + observed records
+
+Reconcile runs on every change and at least every `resync_interval` seconds; running it twice
+changes nothing. It never flushes working state because the store is unreachable or Docker is
+unavailable: it then keeps what the kernel has and retries. Observed records (host, endpoints,
+progress) are bound to the host's lease, so a dead host disappears from every peer by itself.
+A graceful stop (SIGTERM, `pyweave stop`) unbinds them instead, so peers keep talking to the
+containers of a stopped agent; `pyweave reset` removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+
+from dataplane.linux import DataplaneError, LinuxDataplane, VXLAN_OVERHEAD, find_underlay
+from pyweave import __version__
+from pyweave.backoff import Backoff
+from pyweave.containers import ContainerError, ContainerInfo, Containers
+from pyweave.host import HostConfig, HostState
+from pyweave.plan import HostPlan, endpoint_value, plan_host
+from pyweave.watcher import StoreWatcher
+from store.cluster import (
+    ENDPOINTS,
+    ROOT,
+    Cluster,
+    ClusterError,
+    ClusterState,
+    HostRecord,
+    Invalid,
+    encode,
+    host_key,
+    member_key,
+    progress_key,
+)
+from store.etcd import EtcdStore, StoreError
+
+log = logging.getLogger("pyweave.agent")
+
+
+class Agent:
+    def __init__(self, *, config: HostConfig, state: HostState, raw: EtcdStore) -> None:
+        self.config = config
+        self.state = state
+        self.raw = raw
+        self.cluster = Cluster(raw)
+        self.me = config.name
+        self.underlay = find_underlay(config.address)
+        self.mtu = config.mtu or (self.underlay.mtu - VXLAN_OVERHEAD)
+        self.dataplane = LinuxDataplane(underlay=self.underlay, vtep_mac=config.vtep_mac, mtu=self.mtu)
+        self.containers = Containers()
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._full = threading.Event()
+        self.lease = 0
+        self.watcher = StoreWatcher(raw, ROOT, self.wake)
+        self._docker_cache: dict[str, ContainerInfo | None] = {}
+        self._docker_lock = threading.Lock()
+        self._last_progress: bytes = b""
+        self._dead_containers: list[str] = []
+        self.reconciles = 0
+
+    # -- wiring --------------------------------------------------------------------------------
+    def wake(self, *, full: bool = False) -> None:
+        if full:
+            self._full.set()
+        self._wake.set()
+
+    def host_record(self, state: str = "alive") -> HostRecord:
+        return HostRecord(
+            name=self.me,
+            address=self.underlay.address,
+            vtep_mac=self.config.vtep_mac,
+            mtu=self.mtu,
+            state=state,
+            version=__version__,
+        )
+
+    def register(self) -> None:
+        """Bind this host to a lease: reuse the persisted one if it is still alive (an agent
+        restart then changes nothing in the store), else grant a new one."""
+        backoff = Backoff(initial=0.2, cap=5.0)
+        while not self.stop_event.is_set():
+            try:
+                lease = self.state.read_lease()
+                if not lease or self.raw.lease_ttl(lease) <= 0:
+                    lease = self.raw.grant_lease(self.config.lease_ttl)
+                    self.state.write_lease(lease)
+                self.lease = lease
+                self.raw.put(host_key(self.me), encode(self.host_record()), lease=lease)
+                self.raw.put(member_key(self.me), encode(self.host_record("member")))
+                log.info("registered host=%s address=%s lease=%x", self.me, self.underlay.address, lease)
+                return
+            except StoreError as err:
+                log.warning("cannot register host=%s: %s", self.me, err)
+                self.stop_event.wait(backoff.next())
+
+    def _keepalive_loop(self) -> None:
+        backoff = Backoff(initial=0.5, cap=5.0)
+        interval = max(1.0, self.config.lease_ttl / 3)
+        while not self.stop_event.wait(interval):
+            try:
+                ttl = self.raw.keepalive(self.lease)
+                if ttl <= 0:
+                    log.warning("lease %x expired; registering again", self.lease)
+                    self.state.write_lease(0)
+                    self.register()
+                    self.wake(full=True)
+                backoff.reset()
+            except StoreError as err:
+                log.warning("lease keep-alive failed: %s", err)
+                self.stop_event.wait(backoff.next())
+
+    def _on_docker_event(self, action: str, cid: str) -> None:
+        with self._docker_lock:
+            if action == "reconnected":
+                self._docker_cache.clear()
+            else:
+                self._docker_cache = {k: v for k, v in self._docker_cache.items() if v is None or v.id != cid}
+                self._docker_cache.pop(cid, None)
+        if action == "destroy":
+            self._dead_containers.append(cid)
+        self.wake()
+
+    def _container(self, ref: str) -> ContainerInfo | None:
+        with self._docker_lock:
+            if ref in self._docker_cache:
+                return self._docker_cache[ref]
+        info = self.containers.inspect(ref)
+        with self._docker_lock:
+            self._docker_cache[ref] = info
+        return info
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.register()
+        threads = [
+            threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watch", daemon=True),
+            threading.Thread(
+                target=self.containers.follow_events,
+                args=(self._on_docker_event, self.stop_event),
+                name="docker-events",
+                daemon=True,
+            ),
+            threading.Thread(target=self._keepalive_loop, name="keepalive", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        self.watcher.wait_synced(timeout=30)
+        self.state.dir.joinpath("ready").write_text(str(os.getpid()))
+        backoff = Backoff(initial=0.2, cap=5.0)
+        while not self.stop_event.is_set():
+            self._wake.wait(timeout=self.config.resync_interval)
+            if self.stop_event.is_set():
+                break
+            full = self._full.is_set() or not self._wake.is_set()
+            self._wake.clear()
+            self._full.clear()
+            if full:
+                with self._docker_lock:
+                    self._docker_cache.clear()
+            try:
+                self.reconcile()
+                backoff.reset()
+            except (StoreError, DataplaneError, ContainerError, ClusterError) as err:
+                log.warning("reconcile failed, will retry: %s", err)
+                self.stop_event.wait(backoff.next())
+                self._wake.set()
+            except Exception:  # noqa: BLE001 - the agent must outlive any one bad reconcile
+                log.exception("reconcile crashed, will retry")
+                self.stop_event.wait(backoff.next())
+                self._wake.set()
+        self.shutdown()
+
+    def reconcile(self) -> HostPlan | None:
+        items, revision = self.watcher.snapshot()
+        if revision == 0:
+            return None
+        state = ClusterState.from_items((k, v) for k, (v, _lease) in items.items())
+        self._release_destroyed(state)
+        existing = self.dataplane.ports()
+        refs = [ref for (host, ref) in state.attachments if host == self.me]
+        docker_ok = True
+        containers: dict[str, ContainerInfo | None] = {}
+        try:
+            for ref in refs:
+                containers[ref] = self._container(ref)
+        except ContainerError as err:
+            log.warning("docker unavailable, keeping local ports as they are: %s", err)
+            docker_ok = False
+        plan = plan_host(state, self.me, containers, existing, mtu=self.mtu)
+        problems = list(state.invalid) + list(plan.problems)
+
+        if plan.missing_networks or plan.missing_claims or plan.gone_containers:
+            self._fix_desired(plan)
+            self.wake()  # the writes come back through the watch; plan again then
+
+        for vni in sorted(plan.vnis):
+            self.dataplane.ensure_network(vni)
+        failed: set[str] = set()
+        if docker_ok:
+            for key, port in plan.ports.items():
+                try:
+                    self.dataplane.ensure_port(port)
+                except DataplaneError as err:
+                    problems.append(Invalid(f"{ROOT}attachments/{self.me}/{port.container_id}", str(err)))
+                    failed.add(port.container_id)
+            for key, port_state in existing.items():
+                if key not in plan.ports:
+                    self.dataplane.remove_port(port_state)
+        for vni in sorted(plan.vnis):
+            self.dataplane.sync_remote(vni, plan.remote.get(vni, set()))
+        if docker_ok:
+            kept_vnis = plan.vnis | {vni for (_cid, vni) in self.dataplane.ports()}
+            for vni in self.dataplane.networks() - kept_vnis:
+                self.dataplane.remove_network(vni)
+            self._publish(items, {k: v for k, v in plan.endpoints.items() if v.container not in failed})
+        self._report(revision, problems)
+        self.reconciles += 1
+        return plan
+
+    def _fix_desired(self, plan: HostPlan) -> None:
+        import ipaddress
+
+        for subnet in sorted(plan.missing_networks):
+            self.cluster.ensure_network(ipaddress.IPv4Network(subnet))
+        for cidr, host, ref in plan.missing_claims:
+            iface = ipaddress.IPv4Interface(cidr)
+            self.cluster.claim(iface, host=host, container=ref)
+        for ref in plan.gone_containers:
+            log.info("container %s was removed; releasing its addresses", ref[:12])
+            self.cluster.detach(self.me, ref, None)
+
+    def _release_destroyed(self, state: ClusterState) -> None:
+        while self._dead_containers:
+            cid = self._dead_containers.pop()
+            if (self.me, cid) in state.attachments:
+                log.info("container %s destroyed; releasing its addresses", cid[:12])
+                self.cluster.detach(self.me, cid, None)
+
+    def _publish(self, items: dict[str, tuple[bytes, int]], endpoints: dict) -> None:
+        mine = f"{ENDPOINTS}{self.me}/"
+        for key, rec in endpoints.items():
+            value = endpoint_value(rec)
+            have = items.get(key)
+            if have is None or have[0] != value or have[1] != self.lease:
+                log.info("publishing endpoint %s", key[len(ENDPOINTS):])
+                self.raw.put(key, value, lease=self.lease)
+        for key in items:
+            if key.startswith(mine) and key not in endpoints:
+                log.info("withdrawing endpoint %s", key[len(ENDPOINTS):])
+                self.raw.delete(key)
+
+    def _report(self, revision: int, problems: list[Invalid]) -> None:
+        body = json.dumps(
+            {"revision": revision, "problems": [asdict(p) for p in problems]}, sort_keys=True
+        ).encode()
+        if body != self._last_progress:
+            for p in problems:
+                if p not in getattr(self, "_reported", set()):
+                    log.warning("invalid record key=%s problem=%s", p.key, p.problem)
+            self._reported = set(problems)
+            self.raw.put(progress_key(self.me), body, lease=self.lease)
+            self._last_progress = body
+
+    def shutdown(self) -> None:
+        """Graceful stop: keep the kernel as it is, and unbind this host's records from the lease
+        so peers keep talking to its containers until it is launched again or reset."""
+        try:
+            items, _ = self.watcher.snapshot()
+            self.raw.put(host_key(self.me), encode(self.host_record("stopped")))
+            for key, (value, _lease) in items.items():
+                if key.startswith(f"{ENDPOINTS}{self.me}/"):
+                    self.raw.put(key, value)
+            self.raw.revoke_lease(self.lease)
+            self.state.write_lease(0)
+        except StoreError as err:
+            log.warning("could not mark host stopped (store unreachable): %s", err)
+        self.dataplane.close()
+        log.info("agent stopped host=%s", self.me)
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        msg = record.getMessage().replace("\n", " ")
+        line = f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
+        if record.exc_info:
+            line += " exc=" + json.dumps(self.formatException(record.exc_info))
+        return line
+
+
+def main() -> None:
+    # pyroute2 forks a helper to enter container namespaces; gRPC only notes that it skips its
+    # fork handlers (harmless: the child never calls gRPC). Keep the log about pyweave.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter())
+    logging.basicConfig(level=os.environ.get("PYWEAVE_LOG_LEVEL", "INFO"), handlers=[handler])
+    state = HostState()
+    config = state.load()
+    if config is None:
+        sys.exit("pyweave agent: this host was never launched; run `pyweave launch`")
+    state.agent_pid_path.write_text(str(os.getpid()))
+    raw = EtcdStore(config.store, timeout=2.0)
+    agent = Agent(config=config, state=state, raw=raw)
+
+    def on_signal(signum, _frame) -> None:
+        log.info("signal %d: stopping", signum)
+        agent.stop_event.set()
+        agent.wake()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,623 @@
+"""The `pyweave` command: weave's CLI, writing intents into etcd and waiting for the agent.
+
+The CLI never touches the kernel. `launch` starts this host's agent (and, on a first host, an
+embedded etcd); `run`/`attach`/`detach` write attachments and address claims in one etcd
+transaction each, then wait, with a deadline and a clear message, until the agent has published the
+result and every live peer has seen it (so the first ping works). Exit codes follow weave's: 0 ok,
+1 error, 3 already running.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import typer
+
+from pyweave import __version__
+from pyweave.addressing import AddressError, looks_like_address, parse_endpoint_cidr
+from pyweave.dockerargs import DockerArgsError, container_create_kwargs, parse_run_args
+from pyweave.host import HostConfig, HostState, stop_process
+from store.cluster import (
+    ATTACHMENTS,
+    ENDPOINTS,
+    IPS,
+    Cluster,
+    ClusterError,
+    attachment_key,
+    host_key,
+    member_key,
+    progress_key,
+)
+from store.etcd import EtcdStore, StoreError, normalise_endpoints
+
+EXIT_ERROR = 1
+EXIT_RUNNING = 3
+ATTACH_TIMEOUT = 20.0
+PEER_BARRIER_TIMEOUT = 5.0
+
+app = typer.Typer(
+    add_completion=True,
+    no_args_is_help=True,
+    help="pyweave: multi-host networking for Docker containers (etcd + kernel VXLAN), as weave does it.",
+    context_settings={"help_option_names": ["--help"]},
+)
+status_app = typer.Typer(help="Show this host, its peers and the store.", invoke_without_command=True)
+app.add_typer(status_app, name="status")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> None:
+    raise CliError(message, code)
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+# -- context --------------------------------------------------------------------------------
+class Context:
+    def __init__(self) -> None:
+        self.state = HostState()
+        config = self.state.load()
+        if config is None:
+            fail("pyweave is not launched on this host; run `pyweave launch`")
+        self.config: HostConfig = config
+        endpoints = os.environ.get("PYWEAVE_STORE")
+        self.raw = EtcdStore(normalise_endpoints([endpoints]) if endpoints else config.store, timeout=2.0)
+        self.cluster = Cluster(self.raw)
+
+    @property
+    def me(self) -> str:
+        return self.config.name
+
+    def require_agent(self) -> int:
+        pid = self.state.agent_pid()
+        if pid is None:
+            fail("pyweave is not running on this host; run `pyweave launch`")
+        return pid
+
+
+# -- launch / stop / reset ------------------------------------------------------------------
+def _wait_store(raw: EtcdStore, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    shown = False
+    while time.monotonic() < deadline:
+        try:
+            raw.revision()
+            return
+        except StoreError as err:
+            last = err
+            if not shown:
+                _say(f"waiting for {what} ...")
+                shown = True
+            time.sleep(0.3)
+    fail(f"{last}; is pyweave launched there, and the address right?")
+
+
+def _start_embedded_etcd(state: HostState, config: HostConfig, address: str) -> None:
+    if state.etcd_pid() is not None:
+        return
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        fail("the etcd binary is not on PATH; install etcd-server (apt-get install etcd-server) or use --store")
+    fresh = not (state.etcd_dir / "member").exists()
+    args = [
+        etcd,
+        "--name", config.name,
+        "--data-dir", str(state.etcd_dir),
+        "--listen-client-urls", f"http://{address}:2379,http://127.0.0.1:2379",
+        "--advertise-client-urls", f"http://{address}:2379",
+        "--listen-peer-urls", f"http://{address}:2380",
+        "--initial-advertise-peer-urls", f"http://{address}:2380",
+        "--initial-cluster", f"{config.name}=http://{address}:2380",
+        "--initial-cluster-state", "new" if fresh else "existing",
+        "--auto-compaction-mode", "revision",
+        "--auto-compaction-retention", "10000",
+        "--log-level", "warn",
+    ]
+    log = open(state.dir / "etcd.log", "ab")
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    state.etcd_pid_path.write_text(str(proc.pid))
+
+
+@app.command()
+def launch(
+    peer: Optional[str] = typer.Argument(None, help="Address of a host already launched; join its store."),
+    store: Optional[str] = typer.Option(None, "--store", envvar="PYWEAVE_STORE", help="etcd endpoints URL[,URL...]"),
+    name: Optional[str] = typer.Option(None, "--name", help="Host name (default: network namespace or hostname)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Underlay address (default: found)."),
+    mtu: Optional[int] = typer.Option(None, "--mtu", help="Overlay MTU (default: underlay MTU - 50)."),
+    lease_ttl: int = typer.Option(10, "--lease-ttl", help="Seconds before peers forget a dead host."),
+) -> None:
+    """Start this host's agent and join the cluster.
+
+    Example: `pyweave launch` on the first host, `pyweave launch 192.168.1.10` on the others.
+    """
+    from dataplane.linux import DataplaneError, find_underlay
+
+    state = HostState()
+    running = state.agent_pid()
+    if running is not None:
+        fail(f"pyweave is already running on this host (agent pid {running}); `pyweave stop` first", EXIT_RUNNING)
+    config = state.load_or_create(name=name)
+    try:
+        underlay = find_underlay(address or config.address)
+    except DataplaneError as err:
+        fail(str(err))
+    config.address = underlay.address
+    config.mtu = mtu or config.mtu
+    config.lease_ttl = lease_ttl
+    if store:
+        config.store, config.embedded_etcd = normalise_endpoints([store]), False
+    elif peer:
+        config.store, config.embedded_etcd = normalise_endpoints([peer]), False
+    elif not config.store or config.embedded_etcd:
+        config.store, config.embedded_etcd = [f"http://{underlay.address}:2379"], True
+    state.save(config)
+    if config.embedded_etcd:
+        _start_embedded_etcd(state, config, underlay.address)
+    raw = EtcdStore(config.store, timeout=2.0)
+    _wait_store(raw, 30.0, f"the store at {','.join(config.store)}")
+
+    ready = state.dir / "ready"
+    ready.unlink(missing_ok=True)
+    log = open(state.log_path, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyweave.agent"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text().strip() == str(proc.pid):
+            typer.echo(config.name)
+            return
+        if proc.poll() is not None:
+            tail = state.log_path.read_text(errors="replace").splitlines()[-5:]
+            fail("the agent exited during start:\n  " + "\n  ".join(tail))
+        time.sleep(0.05)
+    fail(f"the agent did not register within 30s; see {state.log_path}")
+
+
+@app.command()
+def stop() -> None:
+    """Stop this host's agent. Containers keep their interfaces and keep talking."""
+    state = HostState()
+    pid = state.agent_pid()
+    if pid is None:
+        _say("pyweave is not running on this host")
+        return
+    stop_process(pid, timeout=5.0)
+
+
+@app.command()
+def reset() -> None:
+    """Stop the agent, remove this host's kernel devices and records, and leave the cluster."""
+    from dataplane.linux import remove_all_owned
+
+    state = HostState()
+    config = state.load()
+    pid = state.agent_pid()
+    if pid is not None:
+        stop_process(pid, timeout=5.0)
+    remove_all_owned()
+    if config is not None:
+        try:
+            raw = EtcdStore(config.store, timeout=2.0)
+            me = config.name
+            for prefix in (f"{ENDPOINTS}{me}/", f"{ATTACHMENTS}{me}/"):
+                raw.delete_prefix(prefix)
+            kvs, _ = raw.list(IPS)
+            for kv in kvs:
+                try:
+                    if json.loads(kv.value).get("host") == me:
+                        raw.delete(kv.key)
+                except (ValueError, AttributeError):
+                    pass
+            for key in (host_key(me), member_key(me), progress_key(me)):
+                raw.delete(key)
+            raw.close()
+        except StoreError as err:
+            _say(f"warning: could not remove this host's records: {err}")
+    etcd_pid = state.etcd_pid()
+    if etcd_pid is not None:
+        stop_process(etcd_pid, timeout=5.0)
+    shutil.rmtree(state.dir, ignore_errors=True)
+
+
+# -- status ---------------------------------------------------------------------------------
+def _gather_status(ctx: Context) -> tuple[dict, bool]:
+    agent_pid = ctx.state.agent_pid()
+    data: dict = {
+        "version": __version__,
+        "host": {
+            "name": ctx.me,
+            "address": ctx.config.address,
+            "vtep_mac": ctx.config.vtep_mac,
+            "mtu": None,
+            "data_path": "kernel vxlan (udp/4789, learning off, proxy ARP)",
+            "agent": {"running": agent_pid is not None, "pid": agent_pid},
+        },
+        "peers": [],
+        "store": {"endpoints": ctx.raw.endpoints, "reachable": False, "revision": None, "embedded": ctx.config.embedded_etcd},
+        "problems": [],
+    }
+    try:
+        state, revision = ctx.cluster.state()
+        kvs, _ = ctx.raw.list(progress_key(""))
+    except StoreError as err:
+        data["store"]["error"] = str(err)
+        return data, False
+    data["store"].update(reachable=True, revision=revision)
+    me = state.hosts.get(ctx.me) or state.members.get(ctx.me)
+    data["host"]["mtu"] = me.mtu if me else (ctx.config.mtu or None)
+    if data["host"]["mtu"] is None:
+        data["host"]["mtu"] = "unknown"
+    names = sorted(set(state.members) | set(state.hosts))
+    for name in names:
+        rec = state.hosts.get(name) or state.members[name]
+        alive = name in state.hosts and state.hosts[name].state == "alive"
+        st = "alive" if alive else ("stopped" if name in state.hosts else "dead")
+        data["peers"].append(
+            {"name": name, "address": rec.address, "vtep_mac": rec.vtep_mac, "state": st, "alive": alive, "self": name == ctx.me}
+        )
+    problems = {(p.key, p.problem) for p in state.invalid}
+    for kv in kvs:
+        try:
+            for p in json.loads(kv.value).get("problems", []):
+                problems.add((p["key"], p["problem"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    data["problems"] = [{"key": k, "problem": p} for k, p in sorted(problems)]
+    return data, True
+
+
+def _section(title: str, rows: list[tuple[str, object]]) -> list[str]:
+    lines = [f"{'Service':>15}: {title}"]
+    lines += [f"{k:>15}: {v}" for k, v in rows]
+    return lines + [""]
+
+
+def _render_status(data: dict) -> str:
+    host = data["host"]
+    agent = host["agent"]
+    lines = [f"{'Version':>15}: pyweave {data['version']}", ""]
+    lines += _section(
+        "host",
+        [
+            ("Name", host["name"]),
+            ("Address", host["address"]),
+            ("VTEP MAC", host["vtep_mac"]),
+            ("MTU", host["mtu"]),
+            ("Data path", host["data_path"]),
+            ("Agent", f"running (pid {agent['pid']})" if agent["running"] else "not running"),
+        ],
+    )
+    peers = data["peers"]
+    alive = sum(1 for p in peers if p["alive"])
+    lines += _section("peers", [("Peers", f"{len(peers)} ({alive} alive)")])
+    store = data["store"]
+    reach = "reachable" if store["reachable"] else f"unreachable ({store.get('error', '')})"
+    rows = [("Endpoints", ",".join(store["endpoints"])), ("Status", reach)]
+    if store["reachable"]:
+        rows.append(("Revision", store["revision"]))
+        rows.append(("Problems", len(data["problems"])))
+    lines += _section("store", rows)
+    for p in data["problems"]:
+        lines.append(f"  problem: {p['key']}: {p['problem']}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _render_peers(data: dict) -> str:
+    rows = [("NAME", "ADDRESS", "VTEP-MAC", "STATE")]
+    for p in data["peers"]:
+        rows.append((p["name"], p["address"], p["vtep_mac"], p["state"] + (" (this host)" if p["self"] else "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows
+    ) + "\n"
+
+
+@status_app.callback()
+def status(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="The same data as JSON."),
+) -> None:
+    """Show this host, its peers and the store. Example: `pyweave status`, `pyweave status peers`."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"json": as_json}
+        return
+    c = Context()
+    data, ok = _gather_status(c)
+    typer.echo(json.dumps(data, indent=2) if as_json else _render_status(data), nl=False)
+    if as_json:
+        typer.echo()
+    if not ok:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@status_app.command("peers")
+def status_peers(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="The peers as JSON."),
+) -> None:
+    """List the peers: name, address, VTEP MAC, state. Example: `pyweave status peers`."""
+    c = Context()
+    data, ok = _gather_status(c)
+    if not ok:
+        fail(data["store"].get("error", "store unreachable"))
+    if as_json or (ctx.obj or {}).get("json"):
+        typer.echo(json.dumps(data["peers"], indent=2))
+    else:
+        typer.echo(_render_peers(data), nl=False)
+
+
+# -- run / attach / detach / ps -------------------------------------------------------------
+def _parse_addresses(words: list[str]) -> list[ipaddress.IPv4Interface]:
+    out = []
+    for word in words:
+        try:
+            addr = parse_endpoint_cidr(word)
+        except AddressError as err:
+            fail(str(err))
+        out.append(ipaddress.IPv4Interface(addr.cidr))
+    return out
+
+
+def _precheck(ctx: Context, cidrs: list[ipaddress.IPv4Interface], container: str | None) -> None:
+    """Refuse before anything is created: overlapping subnets, addresses held by others."""
+    state, _ = ctx.cluster.state()
+    seen: set = set()
+    for c in cidrs:
+        if c.ip in seen:
+            fail(f"address {c.ip} is given twice")
+        seen.add(c.ip)
+        for net in state.networks.values():
+            if net.network != c.network and net.network.overlaps(c.network):
+                fail(
+                    f"subnet {c.network} of {c} overlaps existing network {net.subnet}; "
+                    f"use {net.subnet} or a subnet that does not overlap it"
+                )
+        claim = state.claims.get((str(c.network), str(c.ip)))
+        if claim and (claim.host, claim.container) != (ctx.me, container):
+            fail(
+                f"address {c.ip} in {c.network} is already held by container {claim.container[:12]} "
+                f"on host {claim.host}; choose another address"
+            )
+
+
+def _wait_attached(ctx: Context, cid: str, want: set[str], timeout: float = ATTACH_TIMEOUT) -> int:
+    """Wait until the agent has published exactly `want` (IPs) for cid; returns the store revision
+    of the last publication. Fails early with the agent's own problem report."""
+    prefix = f"{ENDPOINTS}{ctx.me}/{cid}/"
+    akey = attachment_key(ctx.me, cid)
+    deadline = time.monotonic() + timeout
+    while True:
+        kvs, revision = ctx.raw.list(prefix)
+        have = {kv.key[len(prefix):] for kv in kvs}
+        if have == want:
+            return max([kv.mod_revision for kv in kvs], default=revision)
+        prog = ctx.raw.get(progress_key(ctx.me))
+        if prog is not None:
+            try:
+                for p in json.loads(prog.value).get("problems", []):
+                    if p.get("key") == akey:
+                        fail(f"the agent could not attach {cid[:12]}: {p.get('problem')}")
+            except (ValueError, AttributeError):
+                pass
+        if time.monotonic() > deadline:
+            fail(f"the agent did not apply the change to {cid[:12]} within {timeout:.0f}s; see {ctx.state.log_path}")
+        if ctx.state.agent_pid() is None:
+            fail("pyweave is not running on this host; run `pyweave launch`")
+        time.sleep(0.05)
+
+
+def _wait_peers(ctx: Context, revision: int, timeout: float = PEER_BARRIER_TIMEOUT) -> None:
+    """Wait until every live peer's agent has processed `revision`, so its kernel knows the new
+    endpoint before anyone pings it. A slow peer only costs the timeout: it is not an error."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state, _ = ctx.cluster.state()
+        alive = [h for h, rec in state.hosts.items() if rec.state == "alive" and h != ctx.me]
+        behind = []
+        for host in alive:
+            kv = ctx.raw.get(progress_key(host))
+            try:
+                done = json.loads(kv.value).get("revision", 0) if kv else 0
+            except ValueError:
+                done = 0
+            if done < revision:
+                behind.append(host)
+        if not behind:
+            return
+        time.sleep(0.05)
+    _say(f"warning: peers {', '.join(behind)} have not yet applied the change")
+
+
+def _attach(ctx: Context, cid: str, cidrs: list[ipaddress.IPv4Interface]) -> list[str]:
+    for c in cidrs:
+        ctx.cluster.ensure_network(c.network)
+    added = ctx.cluster.attach(ctx.me, cid, cidrs)
+    state, _ = ctx.cluster.state()
+    att = state.attachments.get((ctx.me, cid))
+    want = {str(ipaddress.IPv4Interface(c).ip) for c in att.cidrs} if att else set()
+    revision = _wait_attached(ctx, cid, want)
+    _wait_peers(ctx, revision)
+    return added
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def run(ctx: typer.Context) -> None:
+    """Run a container attached to networks: pyweave run [ADDRESS...] [DOCKER-RUN-OPTIONS] IMAGE [COMMAND].
+
+    Example: `pyweave run 10.0.0.1/24 -t -i busybox`. Prints the container's ID.
+    """
+    from pyweave.containers import HOST_LABEL, ContainerError, Containers
+
+    args = list(ctx.args)
+    if args in (["--help"],):
+        typer.echo(ctx.get_help())
+        return
+    words = []
+    while args and looks_like_address(args[0]):
+        words.append(args.pop(0))
+    cidrs = _parse_addresses(words)
+    if not cidrs:
+        fail("no address given: pyweave run ADDRESS... [OPTIONS] IMAGE (e.g. pyweave run 10.0.0.1/24 -ti busybox)")
+    try:
+        spec = parse_run_args(args)
+    except DockerArgsError as err:
+        fail(str(err))
+    c = Context()
+    c.require_agent()
+    _precheck(c, cidrs, None)
+    kwargs = container_create_kwargs(spec)
+    kwargs["network_mode"] = "none"
+    kwargs["labels"] = {**kwargs.get("labels", {}), HOST_LABEL: c.me}
+    try:
+        docker_client = Containers()
+        cid = docker_client.create_and_start(kwargs)
+    except ContainerError as err:
+        fail(str(err))
+    try:
+        _attach(c, cid, cidrs)
+    except BaseException:
+        # The container exists only because of this command: do not leave it behind half-made.
+        docker_client.remove(cid)
+        try:
+            c.cluster.detach(c.me, cid, None)
+        except (StoreError, ClusterError):
+            pass
+        raise
+    typer.echo(cid)
+
+
+def _split_cidrs_container(words: list[str], *, need_cidr: bool) -> tuple[list[ipaddress.IPv4Interface], str]:
+    if not words:
+        fail("no container given")
+    *addr_words, container = words
+    if looks_like_address(container):
+        fail(f"the last argument must be a container, not the address {container}")
+    cidrs = _parse_addresses(addr_words)
+    if need_cidr and not cidrs:
+        fail("no address given: pyweave attach CIDR... CONTAINER (e.g. pyweave attach 10.0.0.2/24 web)")
+    return cidrs, container
+
+
+@app.command()
+def attach(words: list[str] = typer.Argument(..., metavar="CIDR... CONTAINER")) -> None:
+    """Attach a running container to networks, without restarting it.
+
+    Example: `pyweave attach 10.10.0.2/24 <container>`. Prints the addresses added.
+    """
+    from pyweave.containers import ContainerError, Containers
+
+    cidrs, ref = _split_cidrs_container(words, need_cidr=True)
+    c = Context()
+    c.require_agent()
+    try:
+        info = Containers().require_running(ref)
+    except ContainerError as err:
+        fail(str(err))
+    _precheck(c, cidrs, info.id)
+    _attach(c, info.id, cidrs)
+    typer.echo(" ".join(str(x.ip) for x in cidrs))
+
+
+@app.command()
+def detach(words: list[str] = typer.Argument(..., metavar="[CIDR...] CONTAINER")) -> None:
+    """Detach a container from networks (all of them with no CIDR), without restarting it.
+
+    Example: `pyweave detach 10.0.0.2/24 <container>`. Prints the addresses removed.
+    """
+    from pyweave.containers import ContainerError, Containers
+
+    cidrs, ref = _split_cidrs_container(words, need_cidr=False)
+    c = Context()
+    c.require_agent()
+    try:
+        info = Containers().require_running(ref)
+    except ContainerError as err:
+        fail(str(err))
+    state, _ = c.cluster.state()
+    att = state.attachments.get((c.me, info.id))
+    current = {ipaddress.IPv4Interface(x).ip for x in att.cidrs} if att else set()
+    for x in cidrs:
+        if x.ip not in current:
+            fail(f"{x} is not attached to container {ref}")
+    if not current:
+        fail(f"container {ref} is not attached to any network")
+    removed = c.cluster.detach(c.me, info.id, cidrs or None)
+    remaining = current - {ipaddress.IPv4Interface(x).ip for x in removed}
+    _wait_attached(c, info.id, {str(ip) for ip in remaining})
+    typer.echo(" ".join(str(ipaddress.IPv4Interface(x).ip) for x in removed))
+
+
+@app.command()
+def ps() -> None:
+    """List the attached containers of this host: short ID, MAC, CIDRs (weave's format)."""
+    c = Context()
+    state, _ = c.cluster.state()
+    rows: dict[str, list] = {}
+    for ep in sorted(state.endpoints.values(), key=lambda e: (e.container, e.ifname, e.ip)):
+        if ep.host != c.me:
+            continue
+        row = rows.setdefault(ep.container, [ep.mac, []])
+        row[1].append(ep.cidr)
+    for cid, (mac, cidrs) in rows.items():
+        typer.echo(f"{cid[:12]} {mac} {' '.join(cidrs)}")
+
+
+@app.command()
+def version() -> None:
+    """Print pyweave's version."""
+    typer.echo(f"pyweave {__version__}")
+
+
+def main() -> None:
+    # Typer commands raise CliError; translate it once here into a message and an exit code.
+    try:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except CliError as err:
+        _say(str(err))
+        sys.exit(err.code)
+    except (StoreError, ClusterError) as err:
+        _say(str(err))
+        sys.exit(EXIT_ERROR)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except SystemExit:
+        raise
+    except Exception as err:  # click's usage errors and the like
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""A lab of several hosts on one machine, for the tests and the demo.
+
+Each host is a network namespace with one underlay interface `eth0` (198.18.0.N/24, the benchmarking
+range) plugged into a bridge that lives in its own "switch" namespace: never in the root namespace,
+where Docker's FORWARD policy and bridge netfilter drop the traffic. Lab addresses exist only inside
+lab namespaces; no namespace gets a default route, and test containers have no Docker network.
+
+Every name carries a per-run prefix (`pw<hex>`). `Lab.down()` (also run by the context manager on
+failure and Ctrl-C) kills every process in the lab's namespaces, removes the containers of its hosts
+and the namespaces, and deletes the state directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+UNDERLAY_NET = "198.18.0"
+TEST_IMAGE = "busybox:latest"
+BUSYBOX_APPLETS = (
+    "sh ash ping ip ifconfig nslookup sleep cat ls echo true false hostname wget nc arping route "
+    "ps grep head tail wc date env sed awk kill uname id top watch mkdir rm"
+).split()
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str  # also the namespace name and the pyweave host name
+    address: str
+
+
+class Lab:
+    def __init__(self, hosts: int, *, prefix: str | None = None, mtu: int = 1500) -> None:
+        self.prefix = prefix or f"pw{secrets.token_hex(3)}"
+        self.switch = f"{self.prefix}-sw"
+        self.mtu = mtu
+        self.hosts = [LabHost(f"{self.prefix}-h{i + 1}", f"{UNDERLAY_NET}.{i + 1}") for i in range(hosts)]
+        self.state_root = Path(tempfile.mkdtemp(prefix=f"pyweave-{self.prefix}-"))
+        self._namespaces: list[str] = []
+
+    # -- building ------------------------------------------------------------------------------
+    def __enter__(self) -> Lab:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def _netns_add(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self._namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def up(self) -> None:
+        self._netns_add(self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "sw", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "sw", "up")
+        for i, host in enumerate(self.hosts):
+            self.add_host_namespace(host, i + 1)
+
+    def add_host_namespace(self, host: LabHost, index: int) -> None:
+        self._netns_add(host.name)
+        port = f"p{index}"
+        sh("ip", "link", "add", f"{self.prefix}p{index}", "mtu", str(self.mtu), "type", "veth",
+           "peer", "name", f"{self.prefix}q{index}", "mtu", str(self.mtu))
+        sh("ip", "link", "set", f"{self.prefix}p{index}", "netns", self.switch)
+        sh("ip", "link", "set", f"{self.prefix}q{index}", "netns", host.name)
+        sh("ip", "-n", self.switch, "link", "set", f"{self.prefix}p{index}", "name", port)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", "sw", "up")
+        sh("ip", "-n", host.name, "link", "set", f"{self.prefix}q{index}", "name", "eth0")
+        sh("ip", "-n", host.name, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        sh("ip", "-n", host.name, "link", "set", "eth0", "up")
+
+    def host(self, ref: int | str) -> LabHost:
+        if isinstance(ref, int):
+            return self.hosts[ref]
+        return next(h for h in self.hosts if h.name == ref)
+
+    # -- acting as a host ----------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYWEAVE_STATE_ROOT"] = str(self.state_root)
+        env.pop("PYWEAVE_STORE", None)
+        return env
+
+    def pyweave(self, host: LabHost | int, *args: str, timeout: float = 90, check: bool = False) -> subprocess.CompletedProcess:
+        """`ip netns exec HOST pyweave ARGS`, with this lab's state root."""
+        h = self.host(host) if isinstance(host, int) else host
+        return sh(
+            "ip", "netns", "exec", h.name, sys.executable, "-m", "pyweave.cli", *args,
+            check=check, timeout=timeout, env=self.env(),
+        )
+
+    def exec(self, host: LabHost | int, *argv: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+        h = self.host(host) if isinstance(host, int) else host
+        return sh("ip", "netns", "exec", h.name, *argv, check=check, timeout=timeout, env=self.env())
+
+    def state_dir(self, host: LabHost | int) -> Path:
+        h = self.host(host) if isinstance(host, int) else host
+        return self.state_root / h.name
+
+    def agent_pid(self, host: LabHost | int) -> int | None:
+        try:
+            return int((self.state_dir(host) / "agent.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def inventory(self, host: LabHost | int) -> dict[str, int]:
+        out = self.exec(host, sys.executable, "-c", "import json; from dataplane.linux import inventory; print(json.dumps(inventory()))", check=True)
+        return json.loads(out.stdout)
+
+    def etcdctl(self, host: LabHost | int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        h = self.host(host) if isinstance(host, int) else host
+        return sh(
+            "ip", "netns", "exec", h.name, "etcdctl", f"--endpoints=http://{self.hosts[0].address}:2379", *args,
+            check=check, env={**self.env(), "ETCDCTL_API": "3"},
+        )
+
+    # -- tearing down --------------------------------------------------------------------------
+    def containers(self) -> list[str]:
+        out = sh("docker", "ps", "-aq", "--no-trunc", "--filter", "label=pyweave.host", check=False)
+        mine = []
+        for cid in out.stdout.split():
+            labels = sh("docker", "inspect", "-f", "{{index .Config.Labels \"pyweave.host\"}} {{.Name}}", cid, check=False)
+            words = labels.stdout.split()
+            if any(w.lstrip("/").startswith(self.prefix) for w in words):
+                mine.append(cid)
+        named = sh("docker", "ps", "-aq", "--no-trunc", "--filter", f"name=^/{self.prefix}", check=False)
+        return sorted(set(mine) | set(named.stdout.split()))
+
+    def down(self) -> None:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        try:
+            for ns in reversed(self._namespaces):
+                pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+                for pid in pids:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
+            cids = self.containers()
+            if cids:
+                sh("docker", "rm", "-f", *cids, check=False, timeout=120)
+            for ns in reversed(self._namespaces):
+                deadline = time.monotonic() + 5
+                while sh("ip", "netns", "pids", ns, check=False).stdout.strip() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                sh("ip", "netns", "del", ns, check=False)
+            self._namespaces.clear()
+            shutil.rmtree(self.state_root, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Namespaces, containers and processes of a lab prefix still present (leak check)."""
+    found = []
+    for name in sh("ip", "netns", "list", check=False).stdout.split("\n"):
+        if name.startswith(prefix):
+            found.append(f"netns {name.split()[0]}")
+    out = sh("docker", "ps", "-a", "--format", "{{.Names}} {{.Labels}}", check=False).stdout
+    for line in out.splitlines():
+        if prefix in line:
+            found.append(f"container {line.split()[0]}")
+    return found
+
+
+def ensure_test_image(name: str = TEST_IMAGE) -> None:
+    """A busybox image built locally from Debian's busybox-static (no registry needed); any image
+    of that name already present is used as it is."""
+    if sh("docker", "image", "inspect", name, check=False).returncode == 0:
+        return
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise RuntimeError("busybox is not installed: apt-get install busybox-static")
+    with tempfile.TemporaryDirectory() as root:
+        bindir = Path(root, "bin")
+        bindir.mkdir()
+        shutil.copy(busybox, bindir / "busybox")
+        for applet in BUSYBOX_APPLETS:
+            (bindir / applet).symlink_to("busybox")
+        Path(root, "etc").mkdir()
+        Path(root, "tmp").mkdir()
+        Path(root, "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+        sh("docker", "import", "-c", 'CMD ["/bin/sh"]', "-", name, stdin=tar.stdout, timeout=120)
+        tar.wait()

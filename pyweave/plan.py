@@ -1,0 +1,183 @@
+"""What one host's kernel should look like: a pure function of the cluster snapshot and Docker.
+
+`plan_host` takes the validated cluster state, this host's name, what Docker says of the containers
+named in this host's attachments, and the ports the kernel already has (only to keep interface names
+stable), and returns the desired networks, container ports, remote FDB/neighbour entries, the
+endpoint records to publish, and the problems to report. It has no side effects, so it is tested
+without root, etcd or Docker; the agent applies its result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dataplane.linux import LocalPort, PortState, RemoteEntry
+from pyweave.containers import ContainerInfo
+from store.cluster import (
+    AttachmentRecord,
+    ClusterState,
+    EndpointRecord,
+    Invalid,
+    attachment_key,
+    endpoint_key,
+)
+
+IFNAME_BASE = "ethwe"
+
+
+def container_mac(container_id: str, vni: int) -> str:
+    """Stable across agent and container restarts: derived, never random."""
+    raw = bytearray(hashlib.sha256(f"{container_id}/{vni}".encode()).digest()[:6])
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def ifname_for(index: int) -> str:
+    return IFNAME_BASE if index == 0 else f"{IFNAME_BASE}{index}"
+
+
+@dataclass
+class HostPlan:
+    vnis: set[int] = field(default_factory=set)
+    ports: dict[tuple[str, int], LocalPort] = field(default_factory=dict)
+    remote: dict[int, set[RemoteEntry]] = field(default_factory=dict)
+    endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
+    missing_networks: set[str] = field(default_factory=set)
+    missing_claims: list[tuple[str, str, str]] = field(default_factory=list)  # (cidr, host, container ref)
+    gone_containers: list[str] = field(default_factory=list)  # attachment refs whose container was removed
+    problems: list[Invalid] = field(default_factory=list)
+
+
+def endpoint_value(rec: EndpointRecord) -> bytes:
+    data = {
+        "ip": rec.ip,
+        "prefixlen": rec.prefixlen,
+        "subnet": rec.subnet,
+        "vni": rec.vni,
+        "mac": rec.mac,
+        "ifname": rec.ifname,
+    }
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _looks_like_full_id(ref: str) -> bool:
+    return len(ref) == 64 and all(c in "0123456789abcdef" for c in ref)
+
+
+def plan_host(
+    state: ClusterState,
+    me: str,
+    containers: Mapping[str, ContainerInfo | None],
+    existing_ports: Mapping[tuple[str, int], PortState],
+    *,
+    mtu: int,
+) -> HostPlan:
+    plan = HostPlan()
+    for (host, ref), att in sorted(state.attachments.items()):
+        if host != me:
+            continue
+        _plan_attachment(plan, state, me, ref, att, containers.get(ref), existing_ports, mtu)
+    _plan_remote(plan, state, me)
+    return plan
+
+
+def _plan_attachment(
+    plan: HostPlan,
+    state: ClusterState,
+    me: str,
+    ref: str,
+    att: AttachmentRecord,
+    info: ContainerInfo | None,
+    existing_ports: Mapping[tuple[str, int], PortState],
+    mtu: int,
+) -> None:
+    key = attachment_key(me, ref)
+    if info is None:
+        if _looks_like_full_id(ref):
+            plan.gone_containers.append(ref)
+        else:
+            plan.problems.append(Invalid(key, f"container {ref} not found on this host's Docker"))
+        return
+    if not info.running:
+        return  # a stopped container keeps its attachment; its port comes back when it starts
+    by_vni: dict[int, list[str]] = {}
+    order: list[int] = []
+    for cidr in att.cidrs:
+        iface = ipaddress.IPv4Interface(cidr)
+        net = state.network_for(iface.network)
+        if net is None:
+            overlapping = [n.subnet for n in state.networks.values() if n.network.overlaps(iface.network)]
+            if overlapping:
+                plan.problems.append(
+                    Invalid(key, f"address {cidr} overlaps network {overlapping[0]} but is not in it")
+                )
+            else:
+                plan.missing_networks.add(str(iface.network))
+            continue
+        claim = state.claims.get((net.subnet, str(iface.ip)))
+        if claim is None:
+            plan.missing_claims.append((cidr, me, ref))
+            continue
+        if (claim.host, claim.container) != (me, ref):
+            plan.problems.append(
+                Invalid(key, f"address {iface.ip} is held by container {claim.container[:12]} on host {claim.host}")
+            )
+            continue
+        if net.vni not in by_vni:
+            by_vni[net.vni] = []
+            order.append(net.vni)
+        by_vni[net.vni].append(cidr)
+
+    # Interface names: a port that exists keeps its name; a new one takes the lowest free name,
+    # networks in the order the attachment lists them (so the first network is `ethwe`).
+    taken = {p.ifname for (cid, vni), p in existing_ports.items() if cid == info.id and vni in by_vni}
+    for vni in order:
+        existing = existing_ports.get((info.id, vni))
+        if existing is not None and existing.ifname:
+            name = existing.ifname
+        else:
+            index = 0
+            while ifname_for(index) in taken:
+                index += 1
+            name = ifname_for(index)
+            taken.add(name)
+        mac = container_mac(info.id, vni)
+        cidrs = tuple(by_vni[vni])
+        plan.vnis.add(vni)
+        plan.ports[(info.id, vni)] = LocalPort(info.id, info.pid, vni, name, mac, cidrs, mtu)
+        subnet = str(ipaddress.IPv4Interface(cidrs[0]).network)
+        for cidr in cidrs:
+            iface = ipaddress.IPv4Interface(cidr)
+            rec = EndpointRecord(
+                host=me,
+                container=info.id,
+                ip=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                subnet=subnet,
+                vni=vni,
+                mac=mac,
+                ifname=name,
+            )
+            plan.endpoints[endpoint_key(me, info.id, rec.ip)] = rec
+
+
+def _plan_remote(plan: HostPlan, state: ClusterState, me: str) -> None:
+    seen: dict[tuple[int, str], str] = {}
+    for key, ep in sorted(state.endpoints.items()):
+        if ep.host == me or ep.vni not in plan.vnis:
+            continue
+        host = state.hosts.get(ep.host)
+        if host is None:
+            continue
+        owner = seen.get((ep.vni, ep.ip))
+        if owner is not None:
+            plan.problems.append(Invalid(key, f"address {ep.ip} is also published by {owner}; ignored"))
+            continue
+        seen[(ep.vni, ep.ip)] = key
+        plan.remote.setdefault(ep.vni, set()).add(RemoteEntry(ep.mac, ep.ip, host.address))
+    for vni in plan.vnis:
+        plan.remote.setdefault(vni, set())

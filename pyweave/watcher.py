@@ -1,0 +1,153 @@
+"""A local mirror of everything under one etcd prefix, kept current by list-then-watch.
+
+The loop (kopf's and flannel's pattern): list with a revision, watch from the next one, apply each
+batch to the mirror and call `on_change`. When the stream breaks (etcd restarted: the client reports
+one error and then goes silent) it watches again from the last revision it applied; when that
+revision has been compacted it lists again, which replaces the mirror wholesale so deletions missed
+meanwhile disappear too. Every retry backs off with a cap and jitter. A periodic re-list guards
+against anything missed in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyweave.backoff import Backoff
+from store.etcd import Compacted, StoreError, WatchBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WatchStats:
+    lists: int = 0
+    rewatches: int = 0
+    compactions: int = 0
+    events: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class StoreWatcher:
+    def __init__(
+        self,
+        raw,
+        prefix: str,
+        on_change: Callable[[], None],
+        *,
+        relist_interval: float = 300.0,
+    ) -> None:
+        self.raw = raw
+        self.prefix = prefix
+        self.on_change = on_change
+        self.relist_interval = relist_interval
+        self.stats = WatchStats()
+        self.connected = False
+        self._lock = threading.Lock()
+        self._items: dict[str, tuple[bytes, int]] = {}
+        self._revision = 0
+        self._synced = threading.Event()
+        self._pause = threading.Event()  # tests stop the watch to force a compaction behind it
+
+    def snapshot(self) -> tuple[dict[str, tuple[bytes, int]], int]:
+        with self._lock:
+            return dict(self._items), self._revision
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self._synced.wait(timeout)
+
+    def _relist(self) -> None:
+        kvs, revision = self.raw.list(self.prefix)
+        with self._lock:
+            self._items = {kv.key: (kv.value, kv.lease) for kv in kvs}
+            self._revision = revision
+        self.stats.lists += 1
+        self._synced.set()
+        self.on_change()
+
+    def _apply(self, batch: WatchBatch) -> None:
+        with self._lock:
+            for change in batch.changes:
+                if change.value is None:
+                    self._items.pop(change.key, None)
+                else:
+                    self._items[change.key] = (change.value, change.lease)
+                self._revision = max(self._revision, change.revision)
+        self.stats.events += len(batch.changes)
+        if batch.changes:
+            self.on_change()
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = Backoff(initial=0.2, cap=5.0)
+        need_list = True
+        while not stop.is_set():
+            try:
+                if need_list:
+                    self._relist()
+                    need_list = False
+                    listed_at = time.monotonic()
+                inbox: queue.Queue = queue.Queue()
+                cancel = self.raw.watch(self.prefix, start_revision=self._revision + 1, callback=inbox.put)
+            except Compacted:
+                self.stats.compactions += 1
+                need_list = True
+                continue
+            except StoreError as err:
+                self._note_down(err)
+                stop.wait(backoff.next())
+                continue
+            self.connected = True
+            try:
+                outcome = self._pump(inbox, stop, backoff, listed_at)
+            finally:
+                cancel()
+            if outcome == "compacted":
+                self.stats.compactions += 1
+                need_list = True
+            elif outcome == "relist":
+                need_list = True
+            elif outcome == "broken":
+                self.stats.rewatches += 1
+                stop.wait(backoff.next())
+
+    def _pump(self, inbox: queue.Queue, stop: threading.Event, backoff: Backoff, listed_at: float) -> str:
+        while not stop.is_set():
+            if self._pause.is_set():
+                self._wait_unpaused(stop)
+                return "resume"
+            if time.monotonic() - listed_at > self.relist_interval:
+                return "relist"
+            try:
+                item = inbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if isinstance(item, WatchBatch):
+                backoff.reset()
+                self._apply(item)
+            elif isinstance(item, Compacted):
+                return "compacted"
+            else:
+                self._note_down(item)
+                return "broken"
+        return "stopped"
+
+    def _wait_unpaused(self, stop: threading.Event) -> None:
+        # While paused no event is applied; resuming watches again from the old revision, which
+        # is exactly an agent that fell behind (the compaction test uses this).
+        while self._pause.is_set() and not stop.is_set():
+            stop.wait(0.1)
+
+    def _note_down(self, err: object) -> None:
+        self.connected = False
+        msg = str(err)
+        if not self.stats.errors or self.stats.errors[-1] != msg:
+            log.warning("store watch interrupted: %s", msg)
+        self.stats.errors = (self.stats.errors + [msg])[-20:]
