@@ -302,9 +302,6 @@ class _KeyValueFormatter(logging.Formatter):
 
 
 def main() -> None:
-    # pyroute2 forks a helper to enter container namespaces; gRPC only notes that it skips its
-    # fork handlers (harmless: the child never calls gRPC). Keep the log about pyweave.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_KeyValueFormatter())
     logging.basicConfig(level=os.environ.get("PYWEAVE_LOG_LEVEL", "INFO"), handlers=[handler])

@@ -177,6 +177,7 @@ def launch(
     log = open(state.log_path, "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyweave.agent"],
+        env={**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")},
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
