@@ -130,10 +130,10 @@ def _parse_alias(host_ifname: str, alias: str | None) -> PortState | None:
         return None
 
 
-def find_underlay(address: str | None = None) -> Underlay:
+def find_underlay(address: str | None = None, *, netns: str | None = None) -> Underlay:
     """The interface carrying the overlay: the one with `address`, else the default route's, else
     the first interface with a global IPv4 address that pyweave did not make."""
-    with IPRoute() as ipr:
+    with IPRoute(**_ns(netns)) as ipr:
         links = {link["index"]: link for link in ipr.get_links()}
         addrs = [
             (a["index"], a.get_attr("IFA_ADDRESS"))
@@ -164,18 +164,22 @@ def find_underlay(address: str | None = None) -> Underlay:
         return Underlay(link.get_attr("IFLA_IFNAME"), idx, ip, link.get_attr("IFLA_MTU"))
 
 
+def _ns(netns: str | None) -> dict:
+    return {"netns": netns} if netns else {}
+
+
 def _ignore_missing(err: NetlinkError) -> bool:
     return err.code in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
 
 class LinuxDataplane:
-    """Programs the kernel of the namespace this process runs in."""
+    """Programs the kernel of the host's namespace: the one this process runs in, or `netns`."""
 
-    def __init__(self, *, underlay: Underlay, vtep_mac: str, mtu: int) -> None:
+    def __init__(self, *, underlay: Underlay, vtep_mac: str, mtu: int, netns: str | None = None) -> None:
         self.underlay = underlay
         self.vtep_mac = vtep_mac
         self.mtu = mtu
-        self.ipr = IPRoute()
+        self.ipr = IPRoute(**_ns(netns))
 
     def close(self) -> None:
         self.ipr.close()
@@ -431,10 +435,10 @@ class LinuxDataplane:
                 raise
 
 
-def remove_all_owned() -> int:
+def remove_all_owned(*, netns: str | None = None) -> int:
     """Delete every device pyweave made in this namespace (`pyweave reset`). Returns how many."""
     removed = 0
-    with IPRoute() as ipr:
+    with IPRoute(**_ns(netns)) as ipr:
         for prefix in (VETH_PREFIX, VXLAN_PREFIX, BRIDGE_PREFIX):
             for link in ipr.get_links():
                 if link.get_attr("IFLA_IFNAME").startswith(prefix):
@@ -447,10 +451,10 @@ def remove_all_owned() -> int:
     return removed
 
 
-def inventory() -> dict[str, int]:
+def inventory(*, netns: str | None = None) -> dict[str, int]:
     """Counts of the objects pyweave owns in this namespace (tests compare them before and after)."""
     counts = {"bridges": 0, "vxlans": 0, "veths": 0, "fdb": 0, "neigh": 0}
-    with IPRoute() as ipr:
+    with IPRoute(**_ns(netns)) as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")
             if name.startswith(BRIDGE_PREFIX):

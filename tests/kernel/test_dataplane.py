@@ -1,0 +1,137 @@
+"""The kernel data plane in fresh namespaces: one stands for the host, others for containers."""
+
+import subprocess
+import time
+
+import pytest
+
+from dataplane.linux import (
+    LinuxDataplane,
+    LocalPort,
+    RemoteEntry,
+    bridge_name,
+    find_underlay,
+    inventory,
+    remove_all_owned,
+    vxlan_name,
+)
+
+pytestmark = pytest.mark.kernel
+
+CID = "f" * 64
+
+
+def ip(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def host(namespaces):
+    ns = namespaces("host")
+    ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    ip(ns, "addr", "add", "198.18.0.1/24", "dev", "eth0")
+    ip(ns, "link", "set", "eth0", "up")
+    ip(ns, "link", "set", "eth1", "up")
+    underlay = find_underlay(netns=ns)
+    dp = LinuxDataplane(underlay=underlay, vtep_mac="02:00:00:00:00:01", mtu=underlay.mtu - 50, netns=ns)
+    yield ns, dp
+    dp.close()
+
+
+def test_underlay_is_found_and_mtu_leaves_room_for_vxlan(host):
+    ns, dp = host
+    assert (dp.underlay.ifname, dp.underlay.address, dp.underlay.mtu) == ("eth0", "198.18.0.1", 1500)
+    assert dp.mtu == 1450
+
+
+def test_network_devices_are_created_once_with_learning_off_and_proxy_on(host):
+    ns, dp = host
+    dp.ensure_network(70000)
+    dp.ensure_network(70000)
+    details = ip(ns, "-d", "link", "show", vxlan_name(70000))
+    assert "vxlan id 70000" in details and "nolearning" in details and "proxy" in details
+    assert f"master {bridge_name(70000)}" in details and "mtu 1450" in details
+    assert inventory(netns=ns)["vxlans"] == 1 and inventory(netns=ns)["bridges"] == 1
+
+
+def test_vxlan_with_wrong_parameters_is_replaced(host):
+    ns, dp = host
+    ip(ns, "link", "add", vxlan_name(70001), "type", "vxlan", "id", "5", "dstport", "4789", "dev", "eth0")
+    dp.ensure_network(70001)
+    assert "vxlan id 70001" in ip(ns, "-d", "link", "show", vxlan_name(70001))
+
+
+def test_port_goes_into_the_container_with_address_mac_and_mtu_idempotently(host, namespaces):
+    ns, dp = host
+    cns, pid = namespaces("c1", with_pid=True)
+    dp.ensure_network(70000)
+    port = LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:55", ("10.0.0.1/24",), 1450)
+    dp.ensure_port(port)
+    dp.ensure_port(port)
+    shown = ip(cns, "addr", "show", "ethwe")
+    assert "inet 10.0.0.1/24" in shown and "02:11:22:33:44:55" in shown and "mtu 1450" in shown
+    assert inventory(netns=ns)["veths"] == 1
+    dp.ensure_port(LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:55", ("10.0.0.1/24", "10.0.0.3/24"), 1450))
+    assert "inet 10.0.0.3/24" in ip(cns, "addr", "show", "ethwe")
+    ports = dp.ports()
+    assert ports[(CID, 70000)].cidrs == ("10.0.0.1/24", "10.0.0.3/24")
+    dp.remove_port(ports[(CID, 70000)])
+    dp.remove_port(ports[(CID, 70000)])  # a missing link is success
+    assert "ethwe" not in ip(cns, "link")
+
+
+def test_a_name_clash_in_the_container_rolls_back_the_pair(host, namespaces):
+    ns, dp = host
+    cns, pid = namespaces("c2", with_pid=True)
+    ip(cns, "link", "add", "ethwe", "type", "bridge")
+    dp.ensure_network(70000)
+    from dataplane.linux import DataplaneError
+
+    with pytest.raises(DataplaneError, match="already has an interface named ethwe"):
+        dp.ensure_port(LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:56", ("10.0.0.2/24",), 1450))
+    assert inventory(netns=ns)["veths"] == 0
+    assert "pwt" not in ip(cns, "link")
+
+
+def test_remote_entries_are_synced_exactly_and_permanently(host):
+    ns, dp = host
+    dp.ensure_network(70000)
+    a = RemoteEntry("02:00:00:00:00:0a", "10.0.0.10", "198.18.0.2")
+    b = RemoteEntry("02:00:00:00:00:0b", "10.0.0.11", "198.18.0.3")
+    assert dp.sync_remote(70000, {a, b}) == 4
+    assert dp.sync_remote(70000, {a, b}) == 0
+    fdb = subprocess.run(["ip", "netns", "exec", ns, "bridge", "fdb", "show", "dev", vxlan_name(70000)], capture_output=True, text=True).stdout
+    assert "02:00:00:00:00:0a dst 198.18.0.2" in fdb and "permanent" in fdb
+    assert "00:00:00:00:00:00" not in fdb  # no flooding entry: nothing unknown leaves the host
+    neigh = ip(ns, "neigh", "show", "dev", vxlan_name(70000))
+    assert "10.0.0.11 lladdr 02:00:00:00:00:0b PERMANENT" in neigh
+    moved = RemoteEntry("02:00:00:00:00:0b", "10.0.0.11", "198.18.0.4")
+    assert dp.sync_remote(70000, {moved}) > 0
+    fdb = subprocess.run(["ip", "netns", "exec", ns, "bridge", "fdb", "show", "dev", vxlan_name(70000)], capture_output=True, text=True).stdout
+    assert "dst 198.18.0.4" in fdb and "02:00:00:00:00:0a" not in fdb
+
+
+def test_entries_deleted_by_hand_come_back_on_the_next_sync(host):
+    ns, dp = host
+    dp.ensure_network(70000)
+    a = RemoteEntry("02:00:00:00:00:0a", "10.0.0.10", "198.18.0.2")
+    dp.sync_remote(70000, {a})
+    ip(ns, "neigh", "del", "10.0.0.10", "dev", vxlan_name(70000))
+    assert dp.sync_remote(70000, {a}) == 1
+    ip(ns, "link", "del", bridge_name(70000))
+    dp.ensure_network(70000)
+    assert f"master {bridge_name(70000)}" in ip(ns, "link", "show", vxlan_name(70000))
+
+
+def test_remove_network_and_remove_all_owned(host, namespaces):
+    ns, dp = host
+    dp.ensure_network(70000)
+    dp.ensure_network(70001)
+    dp.remove_network(70000)
+    dp.remove_network(70000)
+    assert dp.networks() == {70001}
+    assert remove_all_owned(netns=ns) == 2
+    deadline = time.monotonic() + 5
+    while dp.networks() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dp.networks() == set()
