@@ -164,6 +164,19 @@ def find_underlay(address: str | None = None, *, netns: str | None = None) -> Un
         return Underlay(link.get_attr("IFLA_IFNAME"), idx, ip, link.get_attr("IFLA_MTU"))
 
 
+def _set_sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path> of this process's namespace if it differs (idempotent)."""
+    full = f"/proc/sys/{path}"
+    try:
+        with open(full) as f:
+            if f.read().strip() == value:
+                return
+        with open(full, "w") as f:
+            f.write(value)
+    except OSError as err:
+        log.warning("cannot set %s=%s: %s", path, value, err)
+
+
 def _ns(netns: str | None) -> dict:
     return {"netns": netns} if netns else {}
 
@@ -288,6 +301,32 @@ class LinuxDataplane:
         ):
             self.ipr.link("set", index=idx, master=bridge_idx, mtu=self.mtu, address=self.vtep_mac, state="up")
         return idx
+
+    def ensure_exposed(self, vni: int, *, mac: str, cidrs: Iterable[str]) -> None:
+        """The host's own addresses on network vni live on its bridge (`pyweave expose`).
+
+        The bridge gets a fixed MAC so peers can program it like any endpoint, and IPv4
+        forwarding is switched off on it: an exposed host reaches the network's containers but
+        never routes between two networks, whatever the global ip_forward says."""
+        name = bridge_name(vni)
+        link = self._link(name)
+        if link is None:
+            raise DataplaneError(f"bridge {name} is missing; ensure_network first")
+        idx = link["index"]
+        if link.get_attr("IFLA_ADDRESS") != mac:
+            self.ipr.link("set", index=idx, address=mac)
+        _set_sysctl(f"net/ipv4/conf/{name}/forwarding", "0")
+        _set_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
+        have = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in self.ipr.get_addr(index=idx, family=2)}
+        want = set(cidrs)
+        for cidr in have - want:
+            iface = ipaddress.IPv4Interface(cidr)
+            log.info("hiding %s on %s", cidr, name)
+            self.ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        for cidr in sorted(want - have):
+            iface = ipaddress.IPv4Interface(cidr)
+            log.info("exposing %s on %s", cidr, name)
+            self.ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
     def remove_network(self, vni: int) -> None:
         log.info("removing network devices of vni %d", vni)

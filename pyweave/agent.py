@@ -24,12 +24,13 @@ import threading
 import time
 from dataclasses import asdict
 
-from dataplane.linux import DataplaneError, LinuxDataplane, VXLAN_OVERHEAD, find_underlay
+from dataplane.linux import DataplaneError, LinuxDataplane, Underlay, VXLAN_OVERHEAD, find_underlay
+from pyweave.interfaces import ContainerRuntime, Dataplane
 from pyweave import __version__
 from pyweave.backoff import Backoff
 from pyweave.containers import ContainerError, ContainerInfo, Containers
 from pyweave.host import HostConfig, HostState
-from pyweave.plan import HostPlan, endpoint_value, plan_host
+from pyweave.plan import EXPOSE_REF, HostPlan, endpoint_value, expose_mac, plan_host
 from pyweave.watcher import StoreWatcher
 from store.cluster import (
     ENDPOINTS,
@@ -50,16 +51,27 @@ log = logging.getLogger("pyweave.agent")
 
 
 class Agent:
-    def __init__(self, *, config: HostConfig, state: HostState, raw: EtcdStore) -> None:
+    def __init__(
+        self,
+        *,
+        config: HostConfig,
+        state: HostState,
+        raw: EtcdStore,
+        underlay: Underlay | None = None,
+        dataplane: Dataplane | None = None,
+        containers: ContainerRuntime | None = None,
+    ) -> None:
+        """The kernel and Docker sides can be replaced (the control-plane benchmark runs hundreds
+        of agents in one process with a dataplane that records instead of programming)."""
         self.config = config
         self.state = state
         self.raw = raw
         self.cluster = Cluster(raw)
         self.me = config.name
-        self.underlay = find_underlay(config.address)
+        self.underlay = underlay or find_underlay(config.address)
         self.mtu = config.mtu or (self.underlay.mtu - VXLAN_OVERHEAD)
-        self.dataplane = LinuxDataplane(underlay=self.underlay, vtep_mac=config.vtep_mac, mtu=self.mtu)
-        self.containers = Containers()
+        self.dataplane = dataplane or LinuxDataplane(underlay=self.underlay, vtep_mac=config.vtep_mac, mtu=self.mtu)
+        self.containers = containers or Containers()
         self.stop_event = threading.Event()
         self._wake = threading.Event()
         self._full = threading.Event()
@@ -158,7 +170,8 @@ class Agent:
         for t in threads:
             t.start()
         self.watcher.wait_synced(timeout=30)
-        self.state.dir.joinpath("ready").write_text(str(os.getpid()))
+        if self.state.dir.is_dir():
+            self.state.dir.joinpath("ready").write_text(str(os.getpid()))
         backoff = Backoff(initial=0.2, cap=5.0)
         while not self.stop_event.is_set():
             self._wake.wait(timeout=self.config.resync_interval)
@@ -190,7 +203,7 @@ class Agent:
         state = ClusterState.from_items((k, v) for k, (v, _lease) in items.items())
         self._release_destroyed(state)
         existing = self.dataplane.ports()
-        refs = [ref for (host, ref) in state.attachments if host == self.me]
+        refs = [ref for (host, ref) in state.attachments if host == self.me and ref != EXPOSE_REF]
         docker_ok = True
         containers: dict[str, ContainerInfo | None] = {}
         try:
@@ -208,6 +221,7 @@ class Agent:
 
         for vni in sorted(plan.vnis):
             self.dataplane.ensure_network(vni)
+            self.dataplane.ensure_exposed(vni, mac=expose_mac(self.me, vni), cidrs=plan.exposes.get(vni, ()))
         failed: set[str] = set()
         if docker_ok:
             for key, port in plan.ports.items():

@@ -573,18 +573,61 @@ def detach(words: list[str] = typer.Argument(..., metavar="[CIDR...] CONTAINER")
 
 
 @app.command()
+def expose(words: list[str] = typer.Argument(..., metavar="CIDR...")) -> None:
+    """Give this host an address on networks, so it reaches their containers on every host.
+
+    Example: `pyweave expose 10.0.0.100/24`. Prints the address; exposing again changes nothing.
+    """
+    from pyweave.plan import EXPOSE_REF
+
+    cidrs = _parse_addresses(words)
+    c = Context()
+    c.require_agent()
+    _precheck(c, cidrs, EXPOSE_REF)
+    _attach(c, EXPOSE_REF, cidrs)
+    typer.echo(" ".join(str(x.ip) for x in cidrs))
+
+
+@app.command()
+def hide(words: list[str] = typer.Argument(..., metavar="CIDR...")) -> None:
+    """Remove addresses given to this host by `expose`.
+
+    Example: `pyweave hide 10.0.0.100/24`. Prints the address removed.
+    """
+    from pyweave.plan import EXPOSE_REF
+
+    cidrs = _parse_addresses(words)
+    c = Context()
+    c.require_agent()
+    state, _ = c.cluster.state()
+    att = state.attachments.get((c.me, EXPOSE_REF))
+    current = {ipaddress.IPv4Interface(x) for x in att.cidrs} if att else set()
+    for x in cidrs:
+        if x not in current:
+            fail(f"{x} is not exposed on this host; `pyweave ps` shows what is (weave:expose line)")
+    removed = c.cluster.detach(c.me, EXPOSE_REF, cidrs)
+    remaining = {str(x.ip) for x in current} - {str(ipaddress.IPv4Interface(x).ip) for x in removed}
+    _wait_attached(c, EXPOSE_REF, remaining)
+    typer.echo(" ".join(str(ipaddress.IPv4Interface(x).ip) for x in removed))
+
+
+@app.command()
 def ps() -> None:
     """List the attached containers of this host: short ID, MAC, CIDRs (weave's format)."""
+    from pyweave.plan import EXPOSE_REF
+
     c = Context()
     state, _ = c.cluster.state()
     rows: dict[str, list] = {}
-    for ep in sorted(state.endpoints.values(), key=lambda e: (e.container, e.ifname, e.ip)):
+    ordered = sorted(state.endpoints.values(), key=lambda e: (e.container != EXPOSE_REF, e.container, e.ifname, e.ip))
+    for ep in ordered:
         if ep.host != c.me:
             continue
         row = rows.setdefault(ep.container, [ep.mac, []])
         row[1].append(ep.cidr)
     for cid, (mac, cidrs) in rows.items():
-        typer.echo(f"{cid[:12]} {mac} {' '.join(cidrs)}")
+        name = cid if cid == EXPOSE_REF else cid[:12]
+        typer.echo(f"{name} {mac} {' '.join(cidrs)}")
 
 
 @app.command()

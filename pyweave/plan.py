@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dataplane.linux import LocalPort, PortState, RemoteEntry
+from dataplane.linux import LocalPort, PortState, RemoteEntry, bridge_name
 from pyweave.containers import ContainerInfo
 from store.cluster import (
     AttachmentRecord,
@@ -27,6 +27,7 @@ from store.cluster import (
 )
 
 IFNAME_BASE = "ethwe"
+EXPOSE_REF = "weave:expose"  # the attachment of the host itself (weave's name for it)
 
 
 def container_mac(container_id: str, vni: int) -> str:
@@ -46,6 +47,7 @@ class HostPlan:
     ports: dict[tuple[str, int], LocalPort] = field(default_factory=dict)
     remote: dict[int, set[RemoteEntry]] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
+    exposes: dict[int, tuple[str, ...]] = field(default_factory=dict)  # the host's own addresses
     missing_networks: set[str] = field(default_factory=set)
     missing_claims: list[tuple[str, str, str]] = field(default_factory=list)  # (cidr, host, container ref)
     gone_containers: list[str] = field(default_factory=list)  # attachment refs whose container was removed
@@ -85,25 +87,18 @@ def plan_host(
     return plan
 
 
-def _plan_attachment(
-    plan: HostPlan,
-    state: ClusterState,
-    me: str,
-    ref: str,
-    att: AttachmentRecord,
-    info: ContainerInfo | None,
-    existing_ports: Mapping[tuple[str, int], PortState],
-    mtu: int,
-) -> None:
+def expose_mac(host: str, vni: int) -> str:
+    """The MAC of a host's bridge on vni: fixed, so peers can program the exposed address."""
+    return container_mac(f"{EXPOSE_REF}/{host}", vni)
+
+
+def _resolve(
+    plan: HostPlan, state: ClusterState, me: str, ref: str, att: AttachmentRecord
+) -> tuple[list[int], dict[int, list[str]]]:
+    """The attachment's addresses grouped by VNI, in the order the attachment lists them.
+    Addresses whose network or claim is missing are queued for the agent to create, and
+    addresses held by someone else are reported: neither gets a port yet."""
     key = attachment_key(me, ref)
-    if info is None:
-        if _looks_like_full_id(ref):
-            plan.gone_containers.append(ref)
-        else:
-            plan.problems.append(Invalid(key, f"container {ref} not found on this host's Docker"))
-        return
-    if not info.running:
-        return  # a stopped container keeps its attachment; its port comes back when it starts
     by_vni: dict[int, list[str]] = {}
     order: list[int] = []
     for cidr in att.cidrs:
@@ -131,6 +126,58 @@ def _plan_attachment(
             by_vni[net.vni] = []
             order.append(net.vni)
         by_vni[net.vni].append(cidr)
+    return order, by_vni
+
+
+def _endpoint_records(plan: HostPlan, me: str, container: str, vni: int, mac: str, ifname: str, cidrs) -> None:
+    subnet = str(ipaddress.IPv4Interface(cidrs[0]).network)
+    for cidr in cidrs:
+        iface = ipaddress.IPv4Interface(cidr)
+        rec = EndpointRecord(
+            host=me,
+            container=container,
+            ip=str(iface.ip),
+            prefixlen=iface.network.prefixlen,
+            subnet=subnet,
+            vni=vni,
+            mac=mac,
+            ifname=ifname,
+        )
+        plan.endpoints[endpoint_key(me, container, rec.ip)] = rec
+
+
+def _plan_expose(plan: HostPlan, state: ClusterState, me: str, att: AttachmentRecord) -> None:
+    order, by_vni = _resolve(plan, state, me, EXPOSE_REF, att)
+    for vni in order:
+        cidrs = tuple(by_vni[vni])
+        plan.vnis.add(vni)
+        plan.exposes[vni] = cidrs
+        _endpoint_records(plan, me, EXPOSE_REF, vni, expose_mac(me, vni), bridge_name(vni), cidrs)
+
+
+def _plan_attachment(
+    plan: HostPlan,
+    state: ClusterState,
+    me: str,
+    ref: str,
+    att: AttachmentRecord,
+    info: ContainerInfo | None,
+    existing_ports: Mapping[tuple[str, int], PortState],
+    mtu: int,
+) -> None:
+    if ref == EXPOSE_REF:
+        _plan_expose(plan, state, me, att)
+        return
+    key = attachment_key(me, ref)
+    if info is None:
+        if _looks_like_full_id(ref):
+            plan.gone_containers.append(ref)
+        else:
+            plan.problems.append(Invalid(key, f"container {ref} not found on this host's Docker"))
+        return
+    if not info.running:
+        return  # a stopped container keeps its attachment; its port comes back when it starts
+    order, by_vni = _resolve(plan, state, me, ref, att)
 
     # Interface names: a port that exists keeps its name; a new one takes the lowest free name,
     # networks in the order the attachment lists them (so the first network is `ethwe`).
@@ -149,20 +196,7 @@ def _plan_attachment(
         cidrs = tuple(by_vni[vni])
         plan.vnis.add(vni)
         plan.ports[(info.id, vni)] = LocalPort(info.id, info.pid, vni, name, mac, cidrs, mtu)
-        subnet = str(ipaddress.IPv4Interface(cidrs[0]).network)
-        for cidr in cidrs:
-            iface = ipaddress.IPv4Interface(cidr)
-            rec = EndpointRecord(
-                host=me,
-                container=info.id,
-                ip=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
-                subnet=subnet,
-                vni=vni,
-                mac=mac,
-                ifname=name,
-            )
-            plan.endpoints[endpoint_key(me, info.id, rec.ip)] = rec
+        _endpoint_records(plan, me, info.id, vni, mac, name, cidrs)
 
 
 def _plan_remote(plan: HostPlan, state: ClusterState, me: str) -> None:

@@ -36,3 +36,20 @@ def run_container(lab: Lab, host: int, *args: str) -> str:
     return cid
 
 
+
+
+def reachable(cid: str, ips: list[str], *, wait: int = 1) -> set[str]:
+    """The subset of ips that cid gets a ping reply from, all probed at once (one docker exec)."""
+    script = " ".join(f"(ping -c 1 -W {wait} {ip} >/dev/null 2>&1 && echo {ip}) &" for ip in ips) + " wait"
+    out = docker("exec", cid, "sh", "-c", script, timeout=30).stdout
+    return set(out.split())
+
+
+def store_dump(lab: Lab) -> dict[str, str]:
+    """Every key and value under /pyweave/v1/ (progress keys excluded: they tick by themselves)."""
+    out = lab.etcdctl(0, "get", "--prefix", "/pyweave/v1/").stdout.splitlines()
+    return dict(zip(out[::2], out[1::2]))
+
+
+def mac_of(cid: str, ifname: str = "ethwe") -> str:
+    return docker("exec", cid, "cat", f"/sys/class/net/{ifname}/address").stdout.strip()
