@@ -188,10 +188,21 @@ def _ignore_missing(err: NetlinkError) -> bool:
 class LinuxDataplane:
     """Programs the kernel of the host's namespace: the one this process runs in, or `netns`."""
 
-    def __init__(self, *, underlay: Underlay, vtep_mac: str, mtu: int, netns: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        underlay: Underlay,
+        vtep_mac: str,
+        mtu: int,
+        netns: str | None = None,
+        service_address: str | None = None,
+    ) -> None:
+        """service_address: the host's address for services to containers (DNS); each container
+        gets a /32 route to it through its port, and the host a route back to each subnet."""
         self.underlay = underlay
         self.vtep_mac = vtep_mac
         self.mtu = mtu
+        self.service_address = service_address
         self.ipr = IPRoute(**_ns(netns))
 
     def close(self) -> None:
@@ -302,7 +313,7 @@ class LinuxDataplane:
             self.ipr.link("set", index=idx, master=bridge_idx, mtu=self.mtu, address=self.vtep_mac, state="up")
         return idx
 
-    def ensure_exposed(self, vni: int, *, mac: str, cidrs: Iterable[str]) -> None:
+    def ensure_exposed(self, vni: int, *, mac: str, cidrs: Iterable[str], subnet: str | None = None) -> None:
         """The host's own addresses on network vni live on its bridge (`pyweave expose`).
 
         The bridge gets a fixed MAC so peers can program it like any endpoint, and IPv4
@@ -327,6 +338,19 @@ class LinuxDataplane:
             iface = ipaddress.IPv4Interface(cidr)
             log.info("exposing %s on %s", cidr, name)
             self.ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        if self.service_address and subnet:
+            # The way back from the service address to the containers; metric 1024 so that the
+            # connected route of an exposed address, when there is one, stays in front.
+            net = ipaddress.IPv4Network(subnet)
+            present = any(
+                r.get_attr("RTA_OIF") == idx
+                and r.get_attr("RTA_DST") == str(net.network_address)
+                and r["dst_len"] == net.prefixlen
+                and r.get_attr("RTA_PRIORITY") == 1024
+                for r in self.ipr.get_routes(family=2, table=254)
+            )
+            if not present:
+                self.ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx, scope=253, priority=1024)
 
     def remove_network(self, vni: int) -> None:
         log.info("removing network devices of vni %d", vni)
@@ -396,6 +420,8 @@ class LinuxDataplane:
                     iface = ipaddress.IPv4Interface(cidr)
                     ns.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
                 ns.link("set", index=idx, state="up")
+                if self.service_address:
+                    ns.route("replace", dst=self.service_address, dst_len=32, oif=idx, scope=253, priority=idx)
             host_idx = self.ipr.link_lookup(ifname=host_name)[0]
             self.ipr.link("set", index=host_idx, master=bridge_idx, ifalias=_alias(port), state="up")
         except (NetlinkError, OSError, DataplaneError) as err:
@@ -506,3 +532,12 @@ def inventory(*, netns: str | None = None) -> dict[str, int]:
             elif name.startswith(VETH_PREFIX):
                 counts["veths"] += 1
     return counts
+
+
+def ensure_local_address(address: str, *, netns: str | None = None) -> None:
+    """address/32 on the loopback of the host's namespace (the service address)."""
+    with IPRoute(**_ns(netns)) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=lo, family=2)}
+        if address not in have:
+            ipr.addr("add", index=lo, address=address, prefixlen=32)

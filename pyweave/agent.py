@@ -15,6 +15,7 @@ containers of a stopped agent; `pyweave reset` removes them.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import time
 from dataclasses import asdict
 
 from dataplane.linux import DataplaneError, LinuxDataplane, Underlay, VXLAN_OVERHEAD, find_underlay
+from pyweave.dns import SERVICE_ADDRESS, DnsIndex, DnsService, WeaveResolver, upstream_servers
 from pyweave.interfaces import ContainerRuntime, Dataplane
 from pyweave import __version__
 from pyweave.backoff import Backoff
@@ -33,7 +35,10 @@ from pyweave.host import HostConfig, HostState
 from pyweave.plan import EXPOSE_REF, HostPlan, endpoint_value, expose_mac, plan_host
 from pyweave.watcher import StoreWatcher
 from store.cluster import (
+    ATTACHMENTS,
+    DNS,
     ENDPOINTS,
+    TOMBSTONES,
     ROOT,
     Cluster,
     ClusterError,
@@ -42,6 +47,7 @@ from store.cluster import (
     Invalid,
     encode,
     host_key,
+    ip_claim_key,
     member_key,
     progress_key,
 )
@@ -70,7 +76,13 @@ class Agent:
         self.me = config.name
         self.underlay = underlay or find_underlay(config.address)
         self.mtu = config.mtu or (self.underlay.mtu - VXLAN_OVERHEAD)
-        self.dataplane = dataplane or LinuxDataplane(underlay=self.underlay, vtep_mac=config.vtep_mac, mtu=self.mtu)
+        self.service_address = SERVICE_ADDRESS if config.dns else None
+        self.dataplane = dataplane or LinuxDataplane(
+            underlay=self.underlay, vtep_mac=config.vtep_mac, mtu=self.mtu, service_address=self.service_address
+        )
+        self.dns_index = DnsIndex()
+        self.dns_service: DnsService | None = None
+        self._last_dead_check = 0.0
         self.containers = containers or Containers()
         self.stop_event = threading.Event()
         self._wake = threading.Event()
@@ -155,8 +167,22 @@ class Agent:
         return info
 
     # -- the loop ------------------------------------------------------------------------------
+    def start_dns(self) -> None:
+        from dataplane.linux import ensure_local_address
+
+        try:
+            ensure_local_address(SERVICE_ADDRESS)
+            resolver = WeaveResolver(lambda: self.dns_index, domain=self.config.dns_domain, upstreams=upstream_servers())
+            self.dns_service = DnsService(resolver, address=SERVICE_ADDRESS)
+            self.dns_service.start()
+            log.info("dns serving domain=%s address=%s upstreams=%s", self.config.dns_domain, SERVICE_ADDRESS, resolver.upstreams)
+        except OSError as err:
+            log.error("dns not started: %s", err)
+
     def run(self) -> None:
         self.register()
+        if self.config.dns and isinstance(self.dataplane, LinuxDataplane):
+            self.start_dns()
         threads = [
             threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watch", daemon=True),
             threading.Thread(
@@ -212,16 +238,34 @@ class Agent:
         except ContainerError as err:
             log.warning("docker unavailable, keeping local ports as they are: %s", err)
             docker_ok = False
-        plan = plan_host(state, self.me, containers, existing, mtu=self.mtu)
+        plan = plan_host(
+            state, self.me, containers, existing, mtu=self.mtu, dns_domain=self.config.dns_domain if self.config.dns else None
+        )
+        self.dns_index = DnsIndex.from_records(r for recs in state.dns.values() for r in recs.records)
         problems = list(state.invalid) + list(plan.problems)
+
+        # An invalid value written over a working attachment must not detach the container:
+        # its ports and records stay frozen as they are until the value is fixed or deleted.
+        frozen_refs = {
+            inv.key.rsplit("/", 1)[1] for inv in state.invalid if inv.key.startswith(f"{ATTACHMENTS}{self.me}/")
+        }
+        frozen: set[str] = set()
+        if docker_ok:
+            for ref in frozen_refs:
+                info = self._container(ref) if ref != EXPOSE_REF else None
+                frozen.add(info.id if info else ref)
 
         if plan.missing_networks or plan.missing_claims or plan.gone_containers:
             self._fix_desired(plan)
             self.wake()  # the writes come back through the watch; plan again then
+        self._release_unclaimed(state, revision, frozen_refs)
 
         for vni in sorted(plan.vnis):
             self.dataplane.ensure_network(vni)
-            self.dataplane.ensure_exposed(vni, mac=expose_mac(self.me, vni), cidrs=plan.exposes.get(vni, ()))
+            net = state.vni_owner().get(vni)
+            self.dataplane.ensure_exposed(
+                vni, mac=expose_mac(self.me, vni), cidrs=plan.exposes.get(vni, ()), subnet=net.subnet if net else None
+            )
         failed: set[str] = set()
         if docker_ok:
             for key, port in plan.ports.items():
@@ -231,7 +275,7 @@ class Agent:
                     problems.append(Invalid(f"{ROOT}attachments/{self.me}/{port.container_id}", str(err)))
                     failed.add(port.container_id)
             for key, port_state in existing.items():
-                if key not in plan.ports:
+                if key not in plan.ports and port_state.container_id not in frozen:
                     self.dataplane.remove_port(port_state)
         for vni in sorted(plan.vnis):
             self.dataplane.sync_remote(vni, plan.remote.get(vni, set()))
@@ -239,14 +283,14 @@ class Agent:
             kept_vnis = plan.vnis | {vni for (_cid, vni) in self.dataplane.ports()}
             for vni in self.dataplane.networks() - kept_vnis:
                 self.dataplane.remove_network(vni)
-            self._publish(items, {k: v for k, v in plan.endpoints.items() if v.container not in failed})
+            self._publish(items, {k: v for k, v in plan.endpoints.items() if v.container not in failed}, frozen)
+            self._publish_dns(items, {cid: recs for cid, recs in plan.dns.items() if cid not in failed}, frozen)
+        self._collect_dead_hosts(state)
         self._report(revision, problems)
         self.reconciles += 1
         return plan
 
     def _fix_desired(self, plan: HostPlan) -> None:
-        import ipaddress
-
         for subnet in sorted(plan.missing_networks):
             self.cluster.ensure_network(ipaddress.IPv4Network(subnet))
         for cidr, host, ref in plan.missing_claims:
@@ -263,7 +307,26 @@ class Agent:
                 log.info("container %s destroyed; releasing its addresses", cid[:12])
                 self.cluster.detach(self.me, cid, None)
 
-    def _publish(self, items: dict[str, tuple[bytes, int]], endpoints: dict) -> None:
+    def _release_unclaimed(self, state: ClusterState, revision: int, frozen_refs: set[str]) -> None:
+        """Free this host's address claims that no attachment lists any more (an attachment
+        deleted or shortened with etcdctl). Claims newer than the snapshot are left alone: their
+        attachment may simply not have reached us yet."""
+        wanted = set()
+        for (host, _ref), att in state.attachments.items():
+            if host == self.me:
+                for cidr in att.cidrs:
+                    iface = ipaddress.IPv4Interface(cidr)
+                    wanted.add((str(iface.network), str(iface.ip)))
+        for (subnet, ip), claim in state.claims.items():
+            if claim.host != self.me or claim.container in frozen_refs or (subnet, ip) in wanted:
+                continue
+            key = ip_claim_key(subnet, ip)
+            kv = self.raw.get(key)
+            if kv is not None and kv.mod_revision <= revision:
+                log.info("releasing address %s of %s: no attachment lists it", ip, claim.container[:12])
+                self.raw.delete_if(key, mod_revision=kv.mod_revision)
+
+    def _publish(self, items: dict[str, tuple[bytes, int]], endpoints: dict, frozen: set[str] = frozenset()) -> None:
         mine = f"{ENDPOINTS}{self.me}/"
         for key, rec in endpoints.items():
             value = endpoint_value(rec)
@@ -272,9 +335,46 @@ class Agent:
                 log.info("publishing endpoint %s", key[len(ENDPOINTS):])
                 self.raw.put(key, value, lease=self.lease)
         for key in items:
-            if key.startswith(mine) and key not in endpoints:
+            if key.startswith(mine) and key not in endpoints and key[len(mine):].split("/")[0] not in frozen:
                 log.info("withdrawing endpoint %s", key[len(ENDPOINTS):])
                 self.raw.delete(key)
+
+    def _publish_dns(self, items: dict[str, tuple[bytes, int]], records: dict, frozen: set[str] = frozenset()) -> None:
+        mine = f"{DNS}{self.me}/"
+        want = {
+            f"{mine}{cid}": json.dumps({"records": [list(r) for r in recs]}, separators=(",", ":")).encode()
+            for cid, recs in records.items()
+        }
+        for key, value in want.items():
+            have = items.get(key)
+            if have is None or have[0] != value or have[1] != self.lease:
+                self.raw.put(key, value, lease=self.lease)
+        for key in items:
+            if key.startswith(mine) and key not in want and key[len(mine):] not in frozen:
+                self.raw.delete(key)
+
+    def _collect_dead_hosts(self, state: ClusterState) -> None:
+        """Members whose lease is gone get a tombstone; after the grace period their addresses
+        are taken over. A member that comes back loses its tombstone."""
+        now = time.time()
+        if now - self._last_dead_check < min(2.0, self.config.resync_interval):
+            return
+        self._last_dead_check = now
+        grace = state.config.dead_host_grace if state.config else 600.0
+        for host in state.tombstones:
+            if host in state.hosts:
+                self.raw.delete(TOMBSTONES + host)
+        for host in state.members:
+            if host in state.hosts or host == self.me:
+                continue
+            since = state.tombstones.get(host)
+            if since is None:
+                log.info("host %s is gone; its addresses are taken over after %.0fs", host, grace)
+                self.raw.create(TOMBSTONES + host, json.dumps({"since": now}).encode())
+            elif now - since >= grace:
+                freed = self.cluster.take_over(host)
+                if freed:
+                    log.info("took over %d addresses from dead host %s", freed, host)
 
     def _report(self, revision: int, problems: list[Invalid]) -> None:
         body = json.dumps(
@@ -295,12 +395,14 @@ class Agent:
             items, _ = self.watcher.snapshot()
             self.raw.put(host_key(self.me), encode(self.host_record("stopped")))
             for key, (value, _lease) in items.items():
-                if key.startswith(f"{ENDPOINTS}{self.me}/"):
+                if key.startswith((f"{ENDPOINTS}{self.me}/", f"{DNS}{self.me}/")):
                     self.raw.put(key, value)
             self.raw.revoke_lease(self.lease)
             self.state.write_lease(0)
         except StoreError as err:
             log.warning("could not mark host stopped (store unreachable): %s", err)
+        if self.dns_service is not None:
+            self.dns_service.stop()
         self.dataplane.close()
         log.info("agent stopped host=%s", self.me)
 
@@ -327,7 +429,13 @@ def main() -> None:
     raw = EtcdStore(config.store, timeout=2.0)
     agent = Agent(config=config, state=state, raw=raw)
 
+    agent_pid = os.getpid()
+
     def on_signal(signum, _frame) -> None:
+        if os.getpid() != agent_pid:
+            # pyroute2's NetNS forks a helper that inherits this handler; it is told to stop with
+            # SIGTERM and must simply go.
+            os._exit(0)
         log.info("signal %d: stopping", signum)
         agent.stop_event.set()
         agent.wake()

@@ -25,14 +25,10 @@ from pyweave.addressing import AddressError, looks_like_address, parse_endpoint_
 from pyweave.dockerargs import DockerArgsError, container_create_kwargs, parse_run_args
 from pyweave.host import HostConfig, HostState, stop_process
 from store.cluster import (
-    ATTACHMENTS,
     ENDPOINTS,
-    IPS,
     Cluster,
     ClusterError,
     attachment_key,
-    host_key,
-    member_key,
     progress_key,
 )
 from store.etcd import EtcdStore, StoreError, normalise_endpoints
@@ -133,6 +129,43 @@ def _start_embedded_etcd(state: HostState, config: HostConfig, address: str) -> 
     state.etcd_pid_path.write_text(str(proc.pid))
 
 
+def _ipalloc_config(rng: str, default: str, grace: float):
+    from pyweave.addressing import parse_subnet
+    from store.cluster import ClusterConfig
+
+    try:
+        rng_net = parse_subnet(rng)
+        default_net = parse_subnet(default)
+    except AddressError as err:
+        fail(f"--ipalloc-range/--ipalloc-default-subnet: {err}")
+    if not default_net.subnet_of(rng_net):
+        fail(f"--ipalloc-default-subnet {default_net} is not inside --ipalloc-range {rng_net}")
+    return ClusterConfig(str(rng_net), str(default_net), float(grace))
+
+
+def _check_routes(rng: ipaddress.IPv4Network) -> None:
+    """Weave refuses a range that overlaps a route of the host: containers could not reach it."""
+    from pyroute2 import IPRoute
+
+    from dataplane.linux import BRIDGE_PREFIX
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for route in ipr.get_routes(family=2, table=254):
+            dst = route.get_attr("RTA_DST")
+            if dst is None or route["dst_len"] == 0:
+                continue
+            dev = names.get(route.get_attr("RTA_OIF"), "?")
+            if dev.startswith(BRIDGE_PREFIX):
+                continue
+            net = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False)
+            if net.overlaps(rng):
+                fail(
+                    f"the address range {rng} overlaps the route {net} dev {dev} of this host; "
+                    f"choose another with --ipalloc-range"
+                )
+
+
 @app.command()
 def launch(
     peer: Optional[str] = typer.Argument(None, help="Address of a host already launched; join its store."),
@@ -141,6 +174,11 @@ def launch(
     address: Optional[str] = typer.Option(None, "--address", help="Underlay address (default: found)."),
     mtu: Optional[int] = typer.Option(None, "--mtu", help="Overlay MTU (default: underlay MTU - 50)."),
     lease_ttl: int = typer.Option(10, "--lease-ttl", help="Seconds before peers forget a dead host."),
+    ipalloc_range: str = typer.Option("10.32.0.0/12", "--ipalloc-range", help="Range for automatic addresses (first host sets it)."),
+    ipalloc_default_subnet: Optional[str] = typer.Option(None, "--ipalloc-default-subnet", help="Subnet of `run` without address (default: the range)."),
+    dead_host_grace: float = typer.Option(600.0, "--dead-host-grace", help="Seconds before a dead host's addresses are reused (first host sets it)."),
+    dns_domain: str = typer.Option("weave.local.", "--dns-domain", help="Domain answered by the DNS of this host."),
+    no_dns: bool = typer.Option(False, "--no-dns", help="Do not serve DNS to this host's containers."),
 ) -> None:
     """Start this host's agent and join the cluster.
 
@@ -160,6 +198,10 @@ def launch(
     config.address = underlay.address
     config.mtu = mtu or config.mtu
     config.lease_ttl = lease_ttl
+    config.dns = not no_dns
+    config.dns_domain = dns_domain.strip().lower().rstrip(".") + "."
+    wanted = _ipalloc_config(ipalloc_range, ipalloc_default_subnet or ipalloc_range, dead_host_grace)
+    _check_routes(ipaddress.IPv4Network(wanted.ipalloc_range))
     if store:
         config.store, config.embedded_etcd = normalise_endpoints([store]), False
     elif peer:
@@ -171,6 +213,7 @@ def launch(
         _start_embedded_etcd(state, config, underlay.address)
     raw = EtcdStore(config.store, timeout=2.0)
     _wait_store(raw, 30.0, f"the store at {','.join(config.store)}")
+    Cluster(raw).ensure_config(wanted)
 
     ready = state.dir / "ready"
     ready.unlink(missing_ok=True)
@@ -220,18 +263,7 @@ def reset() -> None:
     if config is not None:
         try:
             raw = EtcdStore(config.store, timeout=2.0)
-            me = config.name
-            for prefix in (f"{ENDPOINTS}{me}/", f"{ATTACHMENTS}{me}/"):
-                raw.delete_prefix(prefix)
-            kvs, _ = raw.list(IPS)
-            for kv in kvs:
-                try:
-                    if json.loads(kv.value).get("host") == me:
-                        raw.delete(kv.key)
-                except (ValueError, AttributeError):
-                    pass
-            for key in (host_key(me), member_key(me), progress_key(me)):
-                raw.delete(key)
+            Cluster(raw).take_over(config.name)
             raw.close()
         except StoreError as err:
             _say(f"warning: could not remove this host's records: {err}")
@@ -372,12 +404,36 @@ def status_peers(
 def _parse_addresses(words: list[str]) -> list[ipaddress.IPv4Interface]:
     out = []
     for word in words:
+        if word.startswith("net:"):
+            fail(f"{word}: this command takes exact addresses (ip:CIDR or CIDR), not a subnet")
         try:
             addr = parse_endpoint_cidr(word)
         except AddressError as err:
             fail(str(err))
         out.append(ipaddress.IPv4Interface(addr.cidr))
     return out
+
+
+def _parse_requests(words: list[str]) -> tuple[list[ipaddress.IPv4Interface], list[ipaddress.IPv4Network | None]]:
+    """Weave's address forms: CIDR or ip:CIDR (exactly that address), net:CIDR (any free address
+    of that subnet), net:default, or nothing at all (any free address of the default subnet)."""
+    from pyweave.addressing import parse_subnet
+
+    exact: list[ipaddress.IPv4Interface] = []
+    subnets: list[ipaddress.IPv4Network | None] = []
+    for word in words:
+        if word == "net:default":
+            subnets.append(None)
+        elif word.startswith("net:"):
+            try:
+                subnets.append(parse_subnet(word[4:]))
+            except AddressError as err:
+                fail(f"{word}: {err}")
+        else:
+            exact.extend(_parse_addresses([word]))
+    if not words:
+        subnets.append(None)
+    return exact, subnets
 
 
 def _precheck(ctx: Context, cidrs: list[ipaddress.IPv4Interface], container: str | None) -> None:
@@ -450,16 +506,39 @@ def _wait_peers(ctx: Context, revision: int, timeout: float = PEER_BARRIER_TIMEO
     _say(f"warning: peers {', '.join(behind)} have not yet applied the change")
 
 
-def _attach(ctx: Context, cid: str, cidrs: list[ipaddress.IPv4Interface]) -> list[str]:
+def _resolve_subnets(ctx: Context, subnets: list[ipaddress.IPv4Network | None]) -> list[ipaddress.IPv4Network]:
+    if not subnets:
+        return []
+    config = ctx.cluster.config()
+    default = ipaddress.IPv4Network(config.default_subnet if config else "10.32.0.0/12")
+    out = [s or default for s in subnets]
+    state, _ = ctx.cluster.state()
+    for subnet in out:
+        for net in state.networks.values():
+            if net.network != subnet and net.network.overlaps(subnet):
+                fail(f"subnet {subnet} overlaps existing network {net.subnet}; use {net.subnet} or a subnet that does not overlap it")
+    return out
+
+
+def _attach(
+    ctx: Context, cid: str, cidrs: list[ipaddress.IPv4Interface], subnets: list[ipaddress.IPv4Network] = ()
+) -> list[ipaddress.IPv4Interface]:
+    """Attach exact addresses and allocate one in each subnet; wait for the agent and the peers.
+    Returns every address asked for, the allocated ones included (in that order)."""
     for c in cidrs:
         ctx.cluster.ensure_network(c.network)
-    added = ctx.cluster.attach(ctx.me, cid, cidrs)
+    if cidrs:
+        ctx.cluster.attach(ctx.me, cid, cidrs)
+    allocated = []
+    for subnet in subnets:
+        ctx.cluster.ensure_network(subnet)
+        allocated.append(ctx.cluster.allocate(ctx.me, cid, subnet))
     state, _ = ctx.cluster.state()
     att = state.attachments.get((ctx.me, cid))
     want = {str(ipaddress.IPv4Interface(c).ip) for c in att.cidrs} if att else set()
     revision = _wait_attached(ctx, cid, want)
     _wait_peers(ctx, revision)
-    return added
+    return list(cidrs) + allocated
 
 
 @app.command(
@@ -480,9 +559,7 @@ def run(ctx: typer.Context) -> None:
     words = []
     while args and looks_like_address(args[0]):
         words.append(args.pop(0))
-    cidrs = _parse_addresses(words)
-    if not cidrs:
-        fail("no address given: pyweave run ADDRESS... [OPTIONS] IMAGE (e.g. pyweave run 10.0.0.1/24 -ti busybox)")
+    cidrs, requested = _parse_requests(words)
     try:
         spec = parse_run_args(args)
     except DockerArgsError as err:
@@ -490,16 +567,22 @@ def run(ctx: typer.Context) -> None:
     c = Context()
     c.require_agent()
     _precheck(c, cidrs, None)
+    subnets = _resolve_subnets(c, requested)
     kwargs = container_create_kwargs(spec)
     kwargs["network_mode"] = "none"
     kwargs["labels"] = {**kwargs.get("labels", {}), HOST_LABEL: c.me}
+    if c.config.dns:
+        from pyweave.dns import SERVICE_ADDRESS
+
+        kwargs["dns"] = [SERVICE_ADDRESS]
+        kwargs["dns_search"] = [c.config.dns_domain.rstrip(".")]
     try:
         docker_client = Containers()
         cid = docker_client.create_and_start(kwargs)
     except ContainerError as err:
         fail(str(err))
     try:
-        _attach(c, cid, cidrs)
+        _attach(c, cid, cidrs, subnets)
     except BaseException:
         # The container exists only because of this command: do not leave it behind half-made.
         docker_client.remove(cid)
@@ -511,27 +594,27 @@ def run(ctx: typer.Context) -> None:
     typer.echo(cid)
 
 
-def _split_cidrs_container(words: list[str], *, need_cidr: bool) -> tuple[list[ipaddress.IPv4Interface], str]:
+def _split_cidrs_container(words: list[str]) -> tuple[list[str], str]:
     if not words:
         fail("no container given")
     *addr_words, container = words
     if looks_like_address(container):
         fail(f"the last argument must be a container, not the address {container}")
-    cidrs = _parse_addresses(addr_words)
-    if need_cidr and not cidrs:
-        fail("no address given: pyweave attach CIDR... CONTAINER (e.g. pyweave attach 10.0.0.2/24 web)")
-    return cidrs, container
+    return addr_words, container
 
 
 @app.command()
-def attach(words: list[str] = typer.Argument(..., metavar="CIDR... CONTAINER")) -> None:
+def attach(words: list[str] = typer.Argument(..., metavar="[ADDRESS...] CONTAINER")) -> None:
     """Attach a running container to networks, without restarting it.
 
-    Example: `pyweave attach 10.10.0.2/24 <container>`. Prints the addresses added.
+    ADDRESS is CIDR or ip:CIDR (that address), net:CIDR (a free one of that subnet), or nothing
+    (a free one of the default subnet). Example: `pyweave attach 10.10.0.2/24 <container>`.
+    Prints the addresses added.
     """
     from pyweave.containers import ContainerError, Containers
 
-    cidrs, ref = _split_cidrs_container(words, need_cidr=True)
+    addr_words, ref = _split_cidrs_container(words)
+    cidrs, requested = _parse_requests(addr_words)
     c = Context()
     c.require_agent()
     try:
@@ -539,8 +622,9 @@ def attach(words: list[str] = typer.Argument(..., metavar="CIDR... CONTAINER")) 
     except ContainerError as err:
         fail(str(err))
     _precheck(c, cidrs, info.id)
-    _attach(c, info.id, cidrs)
-    typer.echo(" ".join(str(x.ip) for x in cidrs))
+    subnets = _resolve_subnets(c, requested)
+    attached = _attach(c, info.id, cidrs, subnets)
+    typer.echo(" ".join(str(x.ip) for x in attached))
 
 
 @app.command()
@@ -551,7 +635,8 @@ def detach(words: list[str] = typer.Argument(..., metavar="[CIDR...] CONTAINER")
     """
     from pyweave.containers import ContainerError, Containers
 
-    cidrs, ref = _split_cidrs_container(words, need_cidr=False)
+    addr_words, ref = _split_cidrs_container(words)
+    cidrs = _parse_addresses(addr_words)
     c = Context()
     c.require_agent()
     try:
@@ -609,6 +694,123 @@ def hide(words: list[str] = typer.Argument(..., metavar="CIDR...")) -> None:
     remaining = {str(x.ip) for x in current} - {str(ipaddress.IPv4Interface(x).ip) for x in removed}
     _wait_attached(c, EXPOSE_REF, remaining)
     typer.echo(" ".join(str(ipaddress.IPv4Interface(x).ip) for x in removed))
+
+
+@app.command()
+def rmpeer(host: str = typer.Argument(..., help="Name of a dead host.")) -> None:
+    """Take over the addresses of a dead host at once (instead of after the grace period).
+
+    Example: `pyweave rmpeer host3`. Prints "N IPs taken over from HOST". A live host is refused.
+    """
+    c = Context()
+    state, _ = c.cluster.state()
+    rec = state.hosts.get(host)
+    if rec is not None and rec.state == "alive":
+        fail(f"host {host} is alive; `pyweave stop` or `pyweave reset` it first, or wait until it is dead")
+    freed = c.cluster.take_over(host)
+    typer.echo(f"{freed} IPs taken over from {host}")
+
+
+@status_app.command("ipam")
+def status_ipam(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="As JSON."),
+) -> None:
+    """The allocation range, the default subnet, and per host the addresses held and whether it is alive."""
+    c = Context()
+    state, _ = c.cluster.state()
+    config = state.config
+    held: dict[str, int] = {}
+    for claim in state.claims.values():
+        held[claim.host] = held.get(claim.host, 0) + 1
+    hosts = sorted(set(held) | set(state.members) | set(state.hosts))
+    rows = []
+    for h in hosts:
+        rec = state.hosts.get(h)
+        st = "alive" if rec is not None and rec.state == "alive" else ("stopped" if rec is not None else "dead")
+        rows.append({"host": h, "addresses": held.get(h, 0), "state": st})
+    data = {
+        "range": config.ipalloc_range if config else None,
+        "default_subnet": config.default_subnet if config else None,
+        "dead_host_grace": config.dead_host_grace if config else None,
+        "hosts": rows,
+    }
+    if as_json or (ctx.obj or {}).get("json"):
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"{'Range':>15}: {data['range']}")
+    typer.echo(f"{'Default subnet':>15}: {data['default_subnet']}")
+    width = max([len("HOST")] + [len(r["host"]) for r in rows])
+    typer.echo(f"{'HOST':<{width}}  ADDRESSES  STATE")
+    for r in rows:
+        typer.echo(f"{r['host']:<{width}}  {r['addresses']:>9}  {r['state']}")
+
+
+def _dns_target(c: Context, words: list[str], fqdn: Optional[str]) -> tuple[str, list[tuple[str, str]]]:
+    from pyweave.containers import ContainerError, Containers
+    from pyweave.dns import names_of
+
+    addr_words, ref = _split_cidrs_container(words)
+    ips = []
+    for word in addr_words:
+        try:
+            ips.append(str(ipaddress.IPv4Address(word.split("/")[0].removeprefix("ip:"))))
+        except ValueError:
+            fail(f"{word} is not an IPv4 address")
+    try:
+        info = Containers().inspect(ref)
+    except ContainerError as err:
+        fail(str(err))
+    if info is None:
+        fail(f"container {ref} not found; check the name or ID with `docker ps -a`")
+    if not ips:
+        state, _ = c.cluster.state()
+        att = state.attachments.get((c.me, info.id))
+        ips = [str(ipaddress.IPv4Interface(x).ip) for x in att.cidrs] if att else []
+        if not ips:
+            fail(f"container {ref} has no address; give one: pyweave dns-add IP {ref}")
+    if fqdn:
+        names = [fqdn.lower().rstrip(".") + "."]
+    else:
+        names = names_of(info.name, info.hostname, c.config.dns_domain)[:1]
+    return info.id, [(n, ip) for n in names for ip in ips]
+
+
+@app.command("dns-add")
+def dns_add(
+    words: list[str] = typer.Argument(..., metavar="[IP...] CONTAINER"),
+    fqdn: Optional[str] = typer.Option(None, "-h", "--hostname", help="The name (default: the container's name in the domain)."),
+) -> None:
+    """Add names for a container. Example: `pyweave dns-add 10.0.0.5 web -h www.weave.local`."""
+    c = Context()
+    cid, records = _dns_target(c, words, fqdn)
+    c.cluster.dns_extra(c.me, cid, add=records)
+
+
+@app.command("dns-remove")
+def dns_remove(
+    words: list[str] = typer.Argument(..., metavar="[IP...] CONTAINER"),
+    fqdn: Optional[str] = typer.Option(None, "-h", "--hostname", help="The name (default: the container's name in the domain)."),
+) -> None:
+    """Remove names of a container. Example: `pyweave dns-remove web`."""
+    c = Context()
+    cid, records = _dns_target(c, words, fqdn)
+    c.cluster.dns_extra(c.me, cid, remove=records)
+
+
+@app.command("dns-lookup")
+def dns_lookup(name: str = typer.Argument(..., help="A name, with or without the domain.")) -> None:
+    """Print the addresses of a name, one a line. Example: `pyweave dns-lookup web`."""
+    c = Context()
+    fqdn = name.lower().rstrip(".") + "."
+    if "." not in name.rstrip("."):
+        fqdn = f"{name.lower()}.{c.config.dns_domain}"
+    state, _ = c.cluster.state()
+    ips = sorted({ip for recs in state.dns.values() for n, ip in recs.records if n == fqdn}, key=ipaddress.IPv4Address)
+    if not ips:
+        fail(f"{fqdn} not found")
+    for ip in ips:
+        typer.echo(ip)
 
 
 @app.command()

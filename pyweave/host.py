@@ -61,6 +61,8 @@ class HostConfig:
     mtu: int | None = None  # overlay MTU override
     lease_ttl: int = 10
     resync_interval: float = 10.0
+    dns: bool = True
+    dns_domain: str = "weave.local."
 
 
 class HostState:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from dataplane.linux import LocalPort, PortState, RemoteEntry, bridge_name
 from pyweave.containers import ContainerInfo
+from pyweave.dns import names_of
 from store.cluster import (
     AttachmentRecord,
     ClusterState,
@@ -48,6 +49,7 @@ class HostPlan:
     remote: dict[int, set[RemoteEntry]] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     exposes: dict[int, tuple[str, ...]] = field(default_factory=dict)  # the host's own addresses
+    dns: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # container id -> records
     missing_networks: set[str] = field(default_factory=set)
     missing_claims: list[tuple[str, str, str]] = field(default_factory=list)  # (cidr, host, container ref)
     gone_containers: list[str] = field(default_factory=list)  # attachment refs whose container was removed
@@ -77,14 +79,31 @@ def plan_host(
     existing_ports: Mapping[tuple[str, int], PortState],
     *,
     mtu: int,
+    dns_domain: str | None = None,
 ) -> HostPlan:
     plan = HostPlan()
     for (host, ref), att in sorted(state.attachments.items()):
         if host != me:
             continue
-        _plan_attachment(plan, state, me, ref, att, containers.get(ref), existing_ports, mtu)
+        info = containers.get(ref)
+        _plan_attachment(plan, state, me, ref, att, info, existing_ports, mtu)
+        if dns_domain and info is not None and ref != EXPOSE_REF:
+            _plan_names(plan, state, me, info, dns_domain)
     _plan_remote(plan, state, me)
     return plan
+
+
+def _plan_names(plan: HostPlan, state: ClusterState, me: str, info: ContainerInfo, domain: str) -> None:
+    """DNS records of a container with a port: its names times its addresses, plus dns-add."""
+    ips = sorted({rec.ip for rec in plan.endpoints.values() if rec.container == info.id})
+    if not ips:
+        return
+    records = [(name, ip) for name in names_of(info.name, info.hostname, domain) for ip in ips]
+    add, remove = state.dns_extra.get((me, info.id), ((), ()))
+    records += [r for r in add if r not in records]
+    records = [r for r in records if r not in remove]
+    if records:
+        plan.dns[info.id] = tuple(sorted(records))
 
 
 def expose_mac(host: str, vni: int) -> str:

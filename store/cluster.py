@@ -9,10 +9,14 @@ Desired state (written by the CLI or a person):
     networks/<net-id>                 {"subnet": "10.0.0.0/24", "vni": 65536}
     attachments/<host>/<container>    {"cidrs": ["10.0.0.1/24"]}
     ips/<net-id>/<ip>                 {"host": "...", "container": "..."}   (address claims)
+    config                            {"ipalloc_range", "default_subnet", "dead_host_grace"}
+    dnsextra/<host>/<container>       {"add": [["web.weave.local.", "10.0.0.5"]], "remove": [...]}
 Observed state (written only by the agent that owns it, bound to its host's lease):
     hosts/<host>                      {"name", "address", "vtep_mac", "mtu", "state", ...}
     members/<host>                    the same, not lease-bound: hosts that were ever launched
     endpoints/<host>/<container>/<ip> {"ip", "prefixlen", "subnet", "vni", "mac", "ifname", ...}
+    dns/<host>/<container>            {"records": [["web.weave.local.", "10.0.0.5"], ...]}
+    tombstones/<host>                 {"since": <unix time>}  (a member whose lease is gone)
 Progress (outside the watched prefix, so writing it wakes no agent):
     /pyweave/progress/v1/<host>       {"revision": N, "problems": [{"key", "problem"}]}
 
@@ -36,6 +40,10 @@ NETWORKS = ROOT + "networks/"
 ATTACHMENTS = ROOT + "attachments/"
 ENDPOINTS = ROOT + "endpoints/"
 IPS = ROOT + "ips/"
+CONFIG = ROOT + "config"
+DNS = ROOT + "dns/"
+DNS_EXTRA = ROOT + "dnsextra/"
+TOMBSTONES = ROOT + "tombstones/"
 VNIS = ROOT + "vnis/"
 
 FIRST_VNI = 0x10000  # leaves the low range free for hand-made VXLANs
@@ -142,6 +150,20 @@ class IpClaim:
     ip: str
     host: str
     container: str
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    ipalloc_range: str = "10.32.0.0/12"
+    default_subnet: str = "10.32.0.0/12"
+    dead_host_grace: float = 600.0
+
+
+@dataclass(frozen=True)
+class DnsRecords:
+    host: str
+    container: str
+    records: tuple[tuple[str, str], ...]  # (fqdn with trailing dot, lower case; ip)
 
 
 @dataclass(frozen=True)
@@ -268,6 +290,42 @@ def _parse_endpoint(host: str, container: str, ip: str, obj: dict) -> EndpointRe
     return rec
 
 
+def _fqdn(text: object) -> str:
+    if not isinstance(text, str) or not text.strip(".") or " " in text or len(text) > 253:
+        raise _Bad(f"name {json.dumps(text)} is not a DNS name")
+    return text.lower().rstrip(".") + "."
+
+
+def _pairs(value: object, what: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list):
+        raise _Bad(f'field "{what}" must be a list of [name, ip] pairs')
+    out = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise _Bad(f'field "{what}" must be a list of [name, ip] pairs, got {json.dumps(item)}')
+        out.append((_fqdn(item[0]), str(_ipv4(str(item[1]), "ip"))))
+    return tuple(out)
+
+
+def _parse_config(obj: dict) -> ClusterConfig:
+    rng = _subnet_any(str(_field(obj, "ipalloc_range", str)))
+    default = _subnet_any(str(_field(obj, "default_subnet", str)))
+    grace = obj.get("dead_host_grace", 600.0)
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+        raise _Bad('field "dead_host_grace" must be a number of seconds')
+    return ClusterConfig(str(rng), str(default), float(grace))
+
+
+def _subnet_any(text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as err:
+        raise _Bad(f"subnet {text!r} is not an IPv4 network with zero host bits ({err})") from err
+    if not 8 <= net.prefixlen <= 30:
+        raise _Bad(f"subnet {text} must have a prefix length between /8 and /30")
+    return net
+
+
 def _parse_claim(nid: str, ip: str, obj: dict) -> IpClaim:
     return IpClaim(
         subnet=nid.replace("-", "/"),
@@ -287,6 +345,10 @@ class ClusterState:
     attachments: dict[tuple[str, str], AttachmentRecord] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)  # by key
     claims: dict[tuple[str, str], IpClaim] = field(default_factory=dict)  # (subnet, ip)
+    dns: dict[tuple[str, str], DnsRecords] = field(default_factory=dict)  # observed, by (host, container)
+    dns_extra: dict[tuple[str, str], tuple[tuple, tuple]] = field(default_factory=dict)  # (add, remove)
+    tombstones: dict[str, float] = field(default_factory=dict)
+    config: ClusterConfig | None = None
     invalid: list[Invalid] = field(default_factory=list)
 
     @classmethod
@@ -319,6 +381,17 @@ class ClusterState:
                 self.claims[(claim.subnet, claim.ip)] = claim
             elif kind == "vnis" and len(rest) == 1:
                 pass
+            elif kind == "config" and not rest:
+                self.config = _parse_config(_obj(raw))
+            elif kind == "dns" and len(rest) == 2:
+                obj = _obj(raw)
+                self.dns[(rest[0], rest[1])] = DnsRecords(rest[0], rest[1], _pairs(obj.get("records", []), "records"))
+            elif kind == "dnsextra" and len(rest) == 2:
+                obj = _obj(raw)
+                self.dns_extra[(rest[0], rest[1])] = (_pairs(obj.get("add", []), "add"), _pairs(obj.get("remove", []), "remove"))
+            elif kind == "tombstones" and len(rest) == 1:
+                since = _field(_obj(raw), "since", (int, float))
+                self.tombstones[rest[0]] = float(since)
             else:
                 raise _Bad("unknown key: not part of the schema in docs/keys.md")
         except _Bad as err:
@@ -490,3 +563,133 @@ class Cluster:
             return True
         holder = self.holder_of(cidr.network, cidr.ip)
         return holder is not None and (holder.host, holder.container) == (host, container)
+
+    # -- IPAM --------------------------------------------------------------------------------
+    def config(self) -> ClusterConfig | None:
+        kv = self.raw.get(CONFIG)
+        if kv is None:
+            return None
+        try:
+            return _parse_config(_obj(kv.value))
+        except _Bad as err:
+            raise ClusterError(f"{CONFIG} is invalid: {err}; fix it with etcdctl") from err
+
+    def ensure_config(self, wanted: ClusterConfig) -> ClusterConfig:
+        """The first host sets the cluster's allocation range; later hosts must agree."""
+        if self.raw.create(CONFIG, encode(wanted)):
+            return wanted
+        have = self.config()
+        assert have is not None
+        for field_name, label in (("ipalloc_range", "--ipalloc-range"), ("default_subnet", "--ipalloc-default-subnet")):
+            if getattr(have, field_name) != getattr(wanted, field_name):
+                raise ClusterError(
+                    f"this cluster uses {label} {getattr(have, field_name)}, not {getattr(wanted, field_name)}; "
+                    f"launch with {label} {getattr(have, field_name)} (or leave it out)"
+                )
+        return have
+
+    def allocate(self, host: str, container: str, subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+        """Claim the lowest free address of subnet for container, in one transaction with its
+        attachment. Under contention, later attempts pick among the lowest few free addresses at
+        random, so parallel allocators spread out instead of colliding on the same one."""
+        import random
+
+        prefix = f"{IPS}{net_id(subnet)}/"
+        first, last = int(subnet.network_address) + 1, int(subnet.broadcast_address) - 1
+        for attempt in range(200):
+            kvs, _ = self.raw.list(prefix)
+            taken = set()
+            for kv in kvs:
+                try:
+                    taken.add(int(ipaddress.IPv4Address(kv.key[len(prefix):])))
+                except ValueError:
+                    continue
+            spread = 1 if attempt == 0 else min(4 * attempt, 64)
+            free: list[int] = []
+            candidate = first
+            while candidate <= last and len(free) < spread:
+                if candidate not in taken:
+                    free.append(candidate)
+                candidate += 1
+            if not free:
+                raise ClusterError(f"no free address in {subnet}; remove containers or use another subnet")
+            ip = ipaddress.IPv4Address(random.choice(free))
+            cidr = ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}")
+            key = attachment_key(host, container)
+            att = self.raw.get(key)
+            current: list[str] = []
+            if att is not None:
+                try:
+                    current = list(_parse_attachment(host, container, _obj(att.value)).cidrs)
+                except _Bad:
+                    current = []
+            claim = (ip_claim_key(subnet, str(ip)), json.dumps({"host": host, "container": container}).encode())
+            value = json.dumps({"cidrs": current + [str(cidr)]}).encode()
+            if self.raw.commit(
+                absent=[claim[0]] + ([] if att is not None else [key]),
+                unchanged={key: att.mod_revision} if att is not None else {},
+                puts=[claim, (key, value)],
+            ):
+                return cidr
+        raise ClusterError(f"could not allocate in {subnet}: too much contention, try again")
+
+    def take_over(self, host: str) -> int:
+        """Release everything a dead host held (its addresses, attachments, names) and forget it.
+        Returns the number of addresses freed. Only one of several concurrent callers frees:
+        the one whose transaction removes the host's member record."""
+        member = self.raw.get(member_key(host))
+        tomb = self.raw.get(TOMBSTONES + host)
+        unchanged = {}
+        deletes = []
+        if member is not None:
+            unchanged[member_key(host)] = member.mod_revision
+            deletes.append(member_key(host))
+        if tomb is not None:
+            unchanged[TOMBSTONES + host] = tomb.mod_revision
+            deletes.append(TOMBSTONES + host)
+        if deletes and not self.raw.commit(unchanged=unchanged, deletes=deletes):
+            return 0
+        freed = 0
+        kvs, _ = self.raw.list(IPS)
+        for kv in kvs:
+            try:
+                holder = json.loads(kv.value).get("host")
+            except (ValueError, AttributeError):
+                continue
+            if holder == host and self.raw.delete_if(kv.key, mod_revision=kv.mod_revision):
+                freed += 1
+        for prefix in (f"{ATTACHMENTS}{host}/", f"{DNS_EXTRA}{host}/", f"{DNS}{host}/", f"{ENDPOINTS}{host}/"):
+            kvs, _ = self.raw.list(prefix)
+            for kv in kvs:
+                self.raw.delete(kv.key)
+        self.raw.delete(host_key(host))
+        self.raw.delete(progress_key(host))
+        return freed
+
+    # -- DNS ---------------------------------------------------------------------------------
+    def dns_extra(self, host: str, container: str, *, add: Iterable[tuple[str, str]] = (), remove: Iterable[tuple[str, str]] = ()) -> None:
+        """Add or remove names of a container (`dns-add`, `dns-remove`) in one transaction."""
+        key = f"{DNS_EXTRA}{host}/{container}"
+        add, remove = [(_fqdn(n), ip) for n, ip in add], [(_fqdn(n), ip) for n, ip in remove]
+        for _ in range(_RETRIES):
+            kv = self.raw.get(key)
+            have_add: list = []
+            have_remove: list = []
+            if kv is not None:
+                try:
+                    obj = _obj(kv.value)
+                    have_add = [tuple(p) for p in _pairs(obj.get("add", []), "add")]
+                    have_remove = [tuple(p) for p in _pairs(obj.get("remove", []), "remove")]
+                except _Bad:
+                    pass
+            new_add = [p for p in have_add if p not in remove] + [p for p in add if p not in have_add]
+            new_remove = [p for p in have_remove if p not in add] + [p for p in remove if p not in have_remove]
+            value = json.dumps({"add": [list(p) for p in new_add], "remove": [list(p) for p in new_remove]}).encode()
+            ok = self.raw.commit(
+                absent=[] if kv is not None else [key],
+                unchanged={key: kv.mod_revision} if kv is not None else {},
+                puts=[(key, value)],
+            )
+            if ok:
+                return
+        raise ClusterError(f"could not update names of {container[:12]}: too much contention, try again")

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The weave tutorial with pyweave, on a lab of 3 hosts on this machine: sudo scripts/demo.sh [--hosts N]
+#
+# Sets the machine up (scripts/setup.sh), starts a Docker daemon if none answers (and stops it at the
+# end, only if it was started here), builds the local busybox image, then runs `python -m pyweave.demo`,
+# which builds the lab, plays the tutorial and removes the lab again. Ctrl-C or SIGTERM stop it cleanly.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "demo.sh: the demo creates network namespaces and containers: run as root (sudo $0)" >&2
+    exit 1
+fi
+
+bash scripts/setup.sh
+
+started_docker=0
+child=
+cleanup() {
+    if [ "$started_docker" -eq 1 ]; then
+        bash scripts/dockerd.sh stop || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if ! bash scripts/dockerd.sh status >/dev/null 2>&1; then
+    started_docker=1
+fi
+bash scripts/dockerd.sh start
+
+echo "demo.sh: test image busybox:latest (built locally from busybox-static if missing)"
+.venv/bin/python -c 'from pyweave.lab import ensure_test_image; ensure_test_image()'
+
+# The demo runs in the background so that this shell can pass a SIGTERM (or Ctrl-C) on to it at once
+# and still stop the Docker daemon after the demo has removed its lab.
+.venv/bin/python -m pyweave.demo "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true' INT TERM
+rc=0
+while :; do
+    wait "$child" && rc=0 || rc=$?
+    # wait returns early (status > 128) when a trapped signal arrives; the demo is then still cleaning up.
+    kill -0 "$child" 2>/dev/null || break
+done
+trap 'exit 130' INT
+trap 'exit 143' TERM
+exit "$rc"
