@@ -24,6 +24,8 @@ import errno
 import hashlib
 import ipaddress
 import logging
+import socket
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -164,6 +166,15 @@ def find_underlay(address: str | None = None, *, netns: str | None = None) -> Un
         return Underlay(link.get_attr("IFLA_IFNAME"), idx, ip, link.get_attr("IFLA_MTU"))
 
 
+def _garp_frame(ip: str, mac: str) -> bytes:
+    """Ethernet broadcast carrying an ARP request with sender = target = ip (a gratuitous ARP)."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    addr = socket.inet_aton(ip)
+    eth = b"\xff" * 6 + hw + struct.pack("!H", 0x0806)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + addr + b"\x00" * 6 + addr
+    return eth + arp
+
+
 def _set_sysctl(path: str, value: str) -> None:
     """Write /proc/sys/<path> of this process's namespace if it differs (idempotent)."""
     full = f"/proc/sys/{path}"
@@ -203,6 +214,7 @@ class LinuxDataplane:
         self.vtep_mac = vtep_mac
         self.mtu = mtu
         self.service_address = service_address
+        self.netns = netns
         self.ipr = IPRoute(**_ns(netns))
 
     def close(self) -> None:
@@ -424,6 +436,8 @@ class LinuxDataplane:
                     ns.route("replace", dst=self.service_address, dst_len=32, oif=idx, scope=253, priority=idx)
             host_idx = self.ipr.link_lookup(ifname=host_name)[0]
             self.ipr.link("set", index=host_idx, master=bridge_idx, ifalias=_alias(port), state="up")
+            for cidr in port.cidrs:
+                self.announce(port.vni, ip=str(ipaddress.IPv4Interface(cidr).ip), mac=port.mac)
         except (NetlinkError, OSError, DataplaneError) as err:
             self._delete_link(host_name)
             if isinstance(err, DataplaneError):
@@ -490,7 +504,25 @@ class LinuxDataplane:
             if have is None or have[0] != mac or not have[1] & NUD_PERMANENT:
                 self.ipr.neigh("replace", ifindex=idx, dst=ip, lladdr=mac, state=NUD_PERMANENT)
                 changes += 1
+                if have is None or have[0] != mac:
+                    self.announce(vni, ip=ip, mac=mac)
         return changes
+
+    def announce(self, vni: int, *, ip: str, mac: str) -> None:
+        """Send a gratuitous ARP for ip at mac into the bridge of vni, to local ports only.
+
+        When an address moves to a new container (weave's IP reuse), local containers may still
+        hold the old MAC in their ARP caches; this updates them at once instead of after the
+        cache's timeout. The VXLAN port drops the broadcast (no flood entry), so it stays local."""
+        if self.netns is not None:
+            return  # only the agent, running in the host's namespace, announces
+        frame = _garp_frame(ip, mac)
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+                sock.bind((bridge_name(vni), 0))
+                sock.send(frame)
+        except OSError as err:
+            log.debug("cannot announce %s at %s on %s: %s", ip, mac, bridge_name(vni), err)
 
     def _quiet(self, fn, *args, **kwargs) -> None:
         try:

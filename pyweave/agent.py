@@ -114,7 +114,7 @@ class Agent:
     def register(self) -> None:
         """Bind this host to a lease: reuse the persisted one if it is still alive (an agent
         restart then changes nothing in the store), else grant a new one."""
-        backoff = Backoff(initial=0.2, cap=5.0)
+        backoff = Backoff(initial=0.2, cap=2.0)
         while not self.stop_event.is_set():
             try:
                 lease = self.state.read_lease()
@@ -131,7 +131,7 @@ class Agent:
                 self.stop_event.wait(backoff.next())
 
     def _keepalive_loop(self) -> None:
-        backoff = Backoff(initial=0.5, cap=5.0)
+        backoff = Backoff(initial=0.5, cap=2.0)
         interval = max(1.0, self.config.lease_ttl / 3)
         while not self.stop_event.wait(interval):
             try:
@@ -198,7 +198,7 @@ class Agent:
         self.watcher.wait_synced(timeout=30)
         if self.state.dir.is_dir():
             self.state.dir.joinpath("ready").write_text(str(os.getpid()))
-        backoff = Backoff(initial=0.2, cap=5.0)
+        backoff = Backoff(initial=0.1, cap=1.0)
         while not self.stop_event.is_set():
             self._wake.wait(timeout=self.config.resync_interval)
             if self.stop_event.is_set():
@@ -388,19 +388,28 @@ class Agent:
             self.raw.put(progress_key(self.me), body, lease=self.lease)
             self._last_progress = body
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, deadline: float = 1.5) -> None:
         """Graceful stop: keep the kernel as it is, and unbind this host's records from the lease
-        so peers keep talking to its containers until it is launched again or reset."""
-        try:
-            items, _ = self.watcher.snapshot()
-            self.raw.put(host_key(self.me), encode(self.host_record("stopped")))
-            for key, (value, _lease) in items.items():
-                if key.startswith((f"{ENDPOINTS}{self.me}/", f"{DNS}{self.me}/")):
-                    self.raw.put(key, value)
-            self.raw.revoke_lease(self.lease)
-            self.state.write_lease(0)
-        except StoreError as err:
-            log.warning("could not mark host stopped (store unreachable): %s", err)
+        so peers keep talking to its containers until it is launched again or reset. Bounded in
+        time: with the store unreachable, the records simply expire with the lease."""
+
+        def unbind() -> None:
+            try:
+                items, _ = self.watcher.snapshot()
+                self.raw.put(host_key(self.me), encode(self.host_record("stopped")))
+                for key, (value, _lease) in items.items():
+                    if key.startswith((f"{ENDPOINTS}{self.me}/", f"{DNS}{self.me}/")):
+                        self.raw.put(key, value)
+                self.raw.revoke_lease(self.lease)
+                self.state.write_lease(0)
+            except StoreError as err:
+                log.warning("could not mark host stopped (store unreachable): %s", err)
+
+        worker = threading.Thread(target=unbind, name="unbind", daemon=True)
+        worker.start()
+        worker.join(deadline)
+        if worker.is_alive():
+            log.warning("store too slow to mark host stopped; its records expire with the lease")
         if self.dns_service is not None:
             self.dns_service.stop()
         self.dataplane.close()
@@ -442,6 +451,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Test hooks: hold the store watch (SIGUSR1) and let it catch up (SIGUSR2), e.g. across a compaction.
+    signal.signal(signal.SIGUSR1, lambda *_: agent.watcher.pause())
+    signal.signal(signal.SIGUSR2, lambda *_: agent.watcher.resume())
     agent.run()
 
 

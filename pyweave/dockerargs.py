@@ -63,6 +63,7 @@ class RunSpec:
     entrypoint: str | None = None
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
+    restart: str | None = None  # docker's restart policy: no, always, unless-stopped, on-failure[:N]
 
 
 class DockerArgsError(ValueError):
@@ -93,6 +94,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("entrypoint", "--entrypoint", takes_value=True, example="/bin/sh"),
     _Option("privileged", "--privileged"),
     _Option("cap_add", "--cap-add", takes_value=True, repeatable=True, example="NET_ADMIN"),
+    _Option("restart", "--restart", takes_value=True, example="unless-stopped"),
 )
 _BY_LONG: dict[str, _Option] = {opt.long: opt for opt in _OPTIONS}
 _BY_SHORT: dict[str, _Option] = {opt.short: opt for opt in _OPTIONS if opt.short}
@@ -210,6 +212,17 @@ def _parse_label(value: str) -> tuple[str, str]:
     return (key, label_value)
 
 
+_RESTART_RE = re.compile(r"(no|always|unless-stopped|on-failure(:[0-9]+)?)")
+
+
+def _check_restart(value: str) -> str:
+    if not _RESTART_RE.fullmatch(value):
+        raise DockerArgsError(
+            f"--restart {value!r} is not a restart policy: use no, always, unless-stopped or on-failure[:N]"
+        )
+    return value
+
+
 def _check_capability(value: str) -> str:
     if not _CAPABILITY_RE.fullmatch(value):
         raise DockerArgsError(
@@ -229,6 +242,7 @@ class _Parser:
             "working_dir": _check_workdir,
             "labels": _parse_label,
             "cap_add": _check_capability,
+            "restart": _check_restart,
         }
 
     def set_value(self, opt: _Option, value: str) -> None:
@@ -331,4 +345,7 @@ def container_create_kwargs(spec: RunSpec) -> dict[str, Any]:
     kwargs.update({key: value for key, value in optional.items() if value})
     if spec.entrypoint is not None:
         kwargs["entrypoint"] = [spec.entrypoint]
+    if spec.restart and spec.restart != "no":
+        name, _, count = spec.restart.partition(":")
+        kwargs["restart_policy"] = {"Name": name, "MaximumRetryCount": int(count or 0)}
     return kwargs

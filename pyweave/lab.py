@@ -43,7 +43,10 @@ class LabHost:
 
 
 class Lab:
-    def __init__(self, hosts: int, *, prefix: str | None = None, mtu: int = 1500) -> None:
+    def __init__(self, hosts: int, *, prefix: str | None = None, mtu: int = 1500, upstream_dns: str | None = None) -> None:
+        """upstream_dns: the nameserver the hosts' /etc/resolv.conf names (none by default, so
+        nothing in the lab ever asks a resolver outside it)."""
+        self.upstream_dns = upstream_dns
         self.prefix = prefix or f"pw{secrets.token_hex(3)}"
         self.switch = f"{self.prefix}-sw"
         self.mtu = mtu
@@ -76,6 +79,11 @@ class Lab:
             self.add_host_namespace(host, i + 1)
 
     def add_host_namespace(self, host: LabHost, index: int) -> None:
+        # `ip netns exec` mounts /etc/netns/<name>/resolv.conf over /etc/resolv.conf.
+        etc = Path("/etc/netns", host.name)
+        etc.mkdir(parents=True, exist_ok=True)
+        line = f"nameserver {self.upstream_dns}\n" if self.upstream_dns else ""
+        (etc / "resolv.conf").write_text(f"# pyweave lab {self.prefix}\n{line}")
         self._netns_add(host.name)
         port = f"p{index}"
         sh("ip", "link", "add", f"{self.prefix}p{index}", "mtu", str(self.mtu), "type", "veth",
@@ -133,6 +141,34 @@ class Lab:
             check=check, env={**self.env(), "ETCDCTL_API": "3"},
         )
 
+    def add_extra(self, role: str, index: int) -> LabHost:
+        """One more namespace on the switch (e.g. an upstream DNS server) at 198.18.0.<index>."""
+        extra = LabHost(f"{self.prefix}-{role}", f"{UNDERLAY_NET}.{index}")
+        self.add_host_namespace(extra, index)
+        return extra
+
+    def spawn(self, host: LabHost | int, *argv: str, log: Path | None = None) -> subprocess.Popen:
+        """Start a long-running process inside a host (killed with the lab)."""
+        h = self.host(host) if isinstance(host, int) else host
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        return subprocess.Popen(
+            ["ip", "netns", "exec", h.name, *argv],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=self.env(),
+        )
+
+    def kill_host(self, host: LabHost | int) -> None:
+        """A host dies: every process in its namespace is killed and the namespace is removed."""
+        h = self.host(host) if isinstance(host, int) else host
+        for pid in sh("ip", "netns", "pids", h.name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        deadline = time.monotonic() + 5
+        while sh("ip", "netns", "pids", h.name, check=False).stdout.strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sh("ip", "netns", "del", h.name, check=False)
+
     # -- tearing down --------------------------------------------------------------------------
     def containers(self) -> list[str]:
         out = sh("docker", "ps", "-aq", "--no-trunc", "--filter", "label=pyweave.host", check=False)
@@ -163,6 +199,7 @@ class Lab:
                 while sh("ip", "netns", "pids", ns, check=False).stdout.strip() and time.monotonic() < deadline:
                     time.sleep(0.05)
                 sh("ip", "netns", "del", ns, check=False)
+                shutil.rmtree(Path("/etc/netns", ns), ignore_errors=True)
             self._namespaces.clear()
             shutil.rmtree(self.state_root, ignore_errors=True)
         finally:

@@ -61,6 +61,14 @@ class StoreWatcher:
     def revision(self) -> int:
         return self._revision
 
+    def pause(self) -> None:
+        """Stop applying events (a test hook: SIGUSR1 to the agent); `resume` watches again
+        from the last applied revision, re-listing if that has been compacted meanwhile."""
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
 
@@ -86,7 +94,9 @@ class StoreWatcher:
             self.on_change()
 
     def run(self, stop: threading.Event) -> None:
-        backoff = Backoff(initial=0.2, cap=5.0)
+        # Capped at 0.5 s: two failing reconnect attempts a second cost nothing measurable, and
+        # intents written once etcd is back must apply within 2 s.
+        backoff = Backoff(initial=0.1, cap=0.5)
         need_list = True
         while not stop.is_set():
             try:
@@ -96,7 +106,8 @@ class StoreWatcher:
                     listed_at = time.monotonic()
                 inbox: queue.Queue = queue.Queue()
                 cancel = self.raw.watch(self.prefix, start_revision=self._revision + 1, callback=inbox.put)
-            except Compacted:
+            except Compacted as err:
+                log.info("watch from revision %d impossible (%s); listing again", self._revision + 1, err)
                 self.stats.compactions += 1
                 need_list = True
                 continue
@@ -110,6 +121,7 @@ class StoreWatcher:
             finally:
                 cancel()
             if outcome == "compacted":
+                log.info("watch revision compacted; listing again")
                 self.stats.compactions += 1
                 need_list = True
             elif outcome == "relist":

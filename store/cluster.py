@@ -348,6 +348,7 @@ class ClusterState:
     dns: dict[tuple[str, str], DnsRecords] = field(default_factory=dict)  # observed, by (host, container)
     dns_extra: dict[tuple[str, str], tuple[tuple, tuple]] = field(default_factory=dict)  # (add, remove)
     tombstones: dict[str, float] = field(default_factory=dict)
+    vni_claims: dict[int, str] = field(default_factory=dict)  # vni -> subnet (written with the network)
     config: ClusterConfig | None = None
     invalid: list[Invalid] = field(default_factory=list)
 
@@ -380,7 +381,9 @@ class ClusterState:
                 claim = _parse_claim(rest[0], rest[1], _obj(raw))
                 self.claims[(claim.subnet, claim.ip)] = claim
             elif kind == "vnis" and len(rest) == 1:
-                pass
+                if not rest[0].isdigit():
+                    raise _Bad("a VNI key must be a number")
+                self.vni_claims[int(rest[0])] = str(_field(_obj(raw), "subnet", str))
             elif kind == "config" and not rest:
                 self.config = _parse_config(_obj(raw))
             elif kind == "dns" and len(rest) == 2:
@@ -398,8 +401,11 @@ class ClusterState:
             self.invalid.append(Invalid(key, str(err)))
 
     def _cross_check(self) -> None:
+        # Two networks with one VNI: the one that holds the VNI's claim (written in the same
+        # transaction as the network) keeps it, so a hand-made duplicate never evicts a working one.
         by_vni: dict[int, str] = {}
-        for subnet, rec in sorted(self.networks.items()):
+        ordered = sorted(self.networks.items(), key=lambda kv: (self.vni_claims.get(kv[1].vni) != kv[0], kv[0]))
+        for subnet, rec in ordered:
             if rec.vni in by_vni:
                 self.invalid.append(
                     Invalid(network_key(subnet), f"vni {rec.vni} is already used by {by_vni[rec.vni]}")

@@ -125,7 +125,15 @@ class EtcdStore:
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0) -> None:
         self.endpoints = normalise_endpoints(endpoints)
         self.timeout = timeout
-        eps = [pyetcd.Endpoint(*parse_endpoint(u), secure=False, time_retry=2.0) for u in self.endpoints]
+        # gRPC's own reconnect backoff grows to minutes; after an etcd outage the client would
+        # then refuse calls long after etcd is back. Keep it, and the client's pause before retrying
+        # a failed endpoint, short: the callers back off themselves.
+        opts = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
+        eps = [pyetcd.Endpoint(*parse_endpoint(u), secure=False, time_retry=0.2, opts=opts) for u in self.endpoints]
         self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
         self._lock = threading.Lock()
 

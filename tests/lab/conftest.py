@@ -22,3 +22,37 @@ def launched_lab():
         yield lab
         prefix = lab.prefix
     assert not leftovers(prefix), f"lab left behind: {leftovers(prefix)}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Write docs/reliability.md from what the failure scenarios measured in this run."""
+    import datetime
+    import os
+    import platform
+    from pathlib import Path
+
+    from labtools import RELIABILITY
+
+    if not RELIABILITY:
+        return
+    lines = [
+        "# Reliability: what the failure suite measured",
+        "",
+        "Written by `tests/lab/test_chaos.py` on every run (`scripts/test.sh tests/lab/test_chaos.py`), so it",
+        "stays true. Each row is one scenario of issue 5, run on a lab of hosts (network namespaces) with real",
+        "etcd, real Docker and real kernel devices.",
+        "",
+        f"Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores,"
+        f" kernel {platform.release()}, Python {platform.python_version()}.",
+        "",
+        "| # | scenario | measured |",
+        "|---|---|---|",
+    ]
+    for number in sorted(RELIABILITY):
+        row = RELIABILITY[number]
+        lines.append(f"| {number} | {row['scenario']} | {row['measured']} |")
+    missing = sorted(set(range(1, 10)) - set(RELIABILITY))
+    if missing:
+        lines += ["", f"Not run in this session (or failed before measuring): {', '.join(map(str, missing))}."]
+    out = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+    out.write_text("\n".join(lines) + "\n")

@@ -53,3 +53,30 @@ def store_dump(lab: Lab) -> dict[str, str]:
 
 def mac_of(cid: str, ifname: str = "ethwe") -> str:
     return docker("exec", cid, "cat", f"/sys/class/net/{ifname}/address").stdout.strip()
+
+
+# -- measurements for docs/reliability.md ---------------------------------------------------------
+RELIABILITY: dict[int, dict] = {}
+
+
+def record(number: int, scenario: str, measured: str) -> None:
+    """Note what a failure scenario measured; the lab conftest writes docs/reliability.md."""
+    RELIABILITY[number] = {"scenario": scenario, "measured": measured}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ping_loss(output: str) -> tuple[int, int]:
+    """(transmitted, received) from busybox ping's summary."""
+    import re
+
+    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", output)
+    assert m, output
+    return int(m.group(1)), int(m.group(2))

@@ -103,3 +103,12 @@ def test_endpoint_outside_its_subnet_or_of_unknown_host_is_rejected_and_others_s
     problems = {p.key: p.problem for p in state.invalid}
     assert "outside its subnet" in problems[outside[0]]
     assert "host zz is not registered" in problems[orphan[0]]
+
+
+def test_hand_made_duplicate_vni_never_evicts_the_network_holding_the_claim():
+    real = (network_key("10.9.0.0/24"), b'{"subnet": "10.9.0.0/24", "vni": 70000}')
+    claim = ("/pyweave/v1/vnis/70000", b'{"subnet": "10.9.0.0/24"}')
+    dup = (network_key("10.1.0.0/24"), b'{"subnet": "10.1.0.0/24", "vni": 70000}')  # sorts first
+    state = ClusterState.from_items([real, claim, dup])
+    assert list(state.networks) == ["10.9.0.0/24"]
+    assert [p.key for p in state.invalid] == [dup[0]]

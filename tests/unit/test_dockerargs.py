@@ -260,7 +260,7 @@ def test_network_options_are_refused_with_a_hint(args: list[str], option: str) -
         (["--user=root"], "--user"),
         (["--memory", "1g"], "--memory"),
         (["--env-file", "f"], "--env-file"),
-        (["--restart", "always"], "--restart"),
+        (["--memory", "1g"], "--memory"),
         (["--TTY"], "--TTY"),
         (["--nam", "web"], "--nam"),
         (["-tx"], "-x"),
@@ -491,3 +491,24 @@ def test_create_kwargs_are_accepted_by_the_docker_sdk(monkeypatch: pytest.Monkey
     assert body["HostConfig"]["AutoRemove"] is True
     assert body["HostConfig"]["CapAdd"] == ["NET_ADMIN"]
     assert body["HostConfig"]["NetworkMode"] == "none"
+
+
+def test_restart_policy_becomes_the_sdk_restart_policy():
+    from pyweave.dockerargs import container_create_kwargs, parse_run_args
+
+    assert container_create_kwargs(parse_run_args(["--restart", "always", "busybox"]))["restart_policy"] == {
+        "Name": "always",
+        "MaximumRetryCount": 0,
+    }
+    kw = container_create_kwargs(parse_run_args(["--restart=on-failure:3", "busybox"]))
+    assert kw["restart_policy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    assert "restart_policy" not in container_create_kwargs(parse_run_args(["--restart", "no", "busybox"]))
+
+
+def test_bad_restart_policy_is_refused():
+    import pytest
+
+    from pyweave.dockerargs import DockerArgsError, parse_run_args
+
+    with pytest.raises(DockerArgsError, match="not a restart policy"):
+        parse_run_args(["--restart", "sometimes", "busybox"])
