@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 from dataplane.linux import DataplaneError, LinuxDataplane, Underlay, VXLAN_OVERHEAD, find_underlay
 from pyweave.dns import SERVICE_ADDRESS, DnsIndex, DnsService, WeaveResolver, upstream_servers
@@ -54,6 +54,22 @@ from store.cluster import (
 from store.etcd import EtcdStore, StoreError
 
 log = logging.getLogger("pyweave.agent")
+
+
+@dataclass
+class AgentStats:
+    """What the agent counts for its metrics (pyweave.metrics reads it at scrape time)."""
+
+    hosts_by_state: dict[str, int] = field(default_factory=dict)
+    peers_alive: int = 0
+    local_endpoints: int = 0
+    remote_endpoints: int = 0
+    reconcile_seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    invalid_records: int = 0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 class Agent:
@@ -94,6 +110,7 @@ class Agent:
         self._last_progress: bytes = b""
         self._dead_containers: list[str] = []
         self.reconciles = 0
+        self.stats = AgentStats()
 
     # -- wiring --------------------------------------------------------------------------------
     def wake(self, *, full: bool = False) -> None:
@@ -183,6 +200,10 @@ class Agent:
         self.register()
         if self.config.dns and isinstance(self.dataplane, LinuxDataplane):
             self.start_dns()
+        if self.config.metrics_port and isinstance(self.dataplane, LinuxDataplane):
+            from pyweave.metrics import serve
+
+            serve(self, address=self.underlay.address, port=self.config.metrics_port)
         threads = [
             threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watch", daemon=True),
             threading.Thread(
@@ -209,17 +230,22 @@ class Agent:
             if full:
                 with self._docker_lock:
                     self._docker_cache.clear()
+            started = time.monotonic()
             try:
                 self.reconcile()
                 backoff.reset()
             except (StoreError, DataplaneError, ContainerError, ClusterError) as err:
+                self.stats.error(type(err).__name__)
                 log.warning("reconcile failed, will retry: %s", err)
                 self.stop_event.wait(backoff.next())
                 self._wake.set()
             except Exception:  # noqa: BLE001 - the agent must outlive any one bad reconcile
+                self.stats.error("crash")
                 log.exception("reconcile crashed, will retry")
                 self.stop_event.wait(backoff.next())
                 self._wake.set()
+            finally:
+                self.stats.reconcile_seconds += time.monotonic() - started
         self.shutdown()
 
     def reconcile(self) -> HostPlan | None:
@@ -287,8 +313,21 @@ class Agent:
             self._publish_dns(items, {cid: recs for cid, recs in plan.dns.items() if cid not in failed}, frozen)
         self._collect_dead_hosts(state)
         self._report(revision, problems)
+        self._count(state, plan, problems)
         self.reconciles += 1
         return plan
+
+    def _count(self, state: ClusterState, plan: HostPlan, problems: list[Invalid]) -> None:
+        by_state: dict[str, int] = {}
+        for name in set(state.members) | set(state.hosts):
+            rec = state.hosts.get(name)
+            st = "dead" if rec is None else rec.state
+            by_state[st] = by_state.get(st, 0) + 1
+        self.stats.hosts_by_state = by_state
+        self.stats.peers_alive = sum(1 for h, r in state.hosts.items() if r.state == "alive" and h != self.me)
+        self.stats.local_endpoints = sum(len(p.cidrs) for p in plan.ports.values())
+        self.stats.remote_endpoints = sum(len(v) for v in plan.remote.values())
+        self.stats.invalid_records = len(state.invalid)
 
     def _fix_desired(self, plan: HostPlan) -> None:
         for subnet in sorted(plan.missing_networks):

@@ -179,6 +179,7 @@ def launch(
     dead_host_grace: float = typer.Option(600.0, "--dead-host-grace", help="Seconds before a dead host's addresses are reused (first host sets it)."),
     dns_domain: str = typer.Option("weave.local.", "--dns-domain", help="Domain answered by the DNS of this host."),
     no_dns: bool = typer.Option(False, "--no-dns", help="Do not serve DNS to this host's containers."),
+    metrics_port: int = typer.Option(6782, "--metrics-port", help="Prometheus metrics on this host's address (0: off)."),
 ) -> None:
     """Start this host's agent and join the cluster.
 
@@ -199,6 +200,7 @@ def launch(
     config.mtu = mtu or config.mtu
     config.lease_ttl = lease_ttl
     config.dns = not no_dns
+    config.metrics_port = metrics_port
     config.dns_domain = dns_domain.strip().lower().rstrip(".") + "."
     wanted = _ipalloc_config(ipalloc_range, ipalloc_default_subnet or ipalloc_range, dead_host_grace)
     _check_routes(ipaddress.IPv4Network(wanted.ipalloc_range))
@@ -240,7 +242,10 @@ def launch(
 
 @app.command()
 def stop() -> None:
-    """Stop this host's agent. Containers keep their interfaces and keep talking."""
+    """Stop this host's agent. Containers keep their interfaces and keep talking.
+
+    Example: `pyweave stop`, later `pyweave launch` again.
+    """
     state = HostState()
     pid = state.agent_pid()
     if pid is None:
@@ -251,7 +256,10 @@ def stop() -> None:
 
 @app.command()
 def reset() -> None:
-    """Stop the agent, remove this host's kernel devices and records, and leave the cluster."""
+    """Stop the agent, remove this host's kernel devices and records, and leave the cluster.
+
+    Example: `pyweave reset`.
+    """
     from dataplane.linux import remove_all_owned
 
     state = HostState()
@@ -321,7 +329,10 @@ def _gather_status(ctx: Context) -> tuple[dict, bool]:
 
 
 def _section(title: str, rows: list[tuple[str, object]]) -> list[str]:
-    lines = [f"{'Service':>15}: {title}"]
+    head = f"{'Service':>15}: {title}"
+    if sys.stdout.isatty():
+        head = typer.style(head, bold=True)
+    lines = [head]
     lines += [f"{k:>15}: {v}" for k, v in rows]
     return lines + [""]
 
@@ -352,7 +363,8 @@ def _render_status(data: dict) -> str:
         rows.append(("Problems", len(data["problems"])))
     lines += _section("store", rows)
     for p in data["problems"]:
-        lines.append(f"  problem: {p['key']}: {p['problem']}")
+        line = f"  problem: {p['key']}: {p['problem']}"
+        lines.append(typer.style(line, fg="yellow") if sys.stdout.isatty() else line)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -438,7 +450,7 @@ def _parse_requests(words: list[str]) -> tuple[list[ipaddress.IPv4Interface], li
 
 def _precheck(ctx: Context, cidrs: list[ipaddress.IPv4Interface], container: str | None) -> None:
     """Refuse before anything is created: overlapping subnets, addresses held by others."""
-    state, _ = ctx.cluster.state()
+    state, _ = ctx.cluster.state("networks/", "vnis/")
     seen: set = set()
     for c in cidrs:
         if c.ip in seen:
@@ -450,7 +462,7 @@ def _precheck(ctx: Context, cidrs: list[ipaddress.IPv4Interface], container: str
                     f"subnet {c.network} of {c} overlaps existing network {net.subnet}; "
                     f"use {net.subnet} or a subnet that does not overlap it"
                 )
-        claim = state.claims.get((str(c.network), str(c.ip)))
+        claim = ctx.cluster.holder_of(c.network, c.ip)
         if claim and (claim.host, claim.container) != (ctx.me, container):
             fail(
                 f"address {c.ip} in {c.network} is already held by container {claim.container[:12]} "
@@ -458,16 +470,19 @@ def _precheck(ctx: Context, cidrs: list[ipaddress.IPv4Interface], container: str
             )
 
 
-def _wait_attached(ctx: Context, cid: str, want: set[str], timeout: float = ATTACH_TIMEOUT) -> int:
-    """Wait until the agent has published exactly `want` (IPs) for cid; returns the store revision
-    of the last publication. Fails early with the agent's own problem report."""
+def _wait_attached(
+    ctx: Context, cid: str, present: set[str], absent: set[str] = frozenset(), timeout: float = ATTACH_TIMEOUT
+) -> int:
+    """Wait until the agent has published every address in `present` and none in `absent` for
+    cid (others may come and go meanwhile: concurrent attaches); returns the store revision of
+    the newest publication. Fails early with the agent's own problem report."""
     prefix = f"{ENDPOINTS}{ctx.me}/{cid}/"
     akey = attachment_key(ctx.me, cid)
     deadline = time.monotonic() + timeout
     while True:
         kvs, revision = ctx.raw.list(prefix)
         have = {kv.key[len(prefix):] for kv in kvs}
-        if have == want:
+        if present <= have and not (absent & have):
             return max([kv.mod_revision for kv in kvs], default=revision)
         prog = ctx.raw.get(progress_key(ctx.me))
         if prog is not None:
@@ -489,17 +504,16 @@ def _wait_peers(ctx: Context, revision: int, timeout: float = PEER_BARRIER_TIMEO
     endpoint before anyone pings it. A slow peer only costs the timeout: it is not an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state, _ = ctx.cluster.state()
+        state, _ = ctx.cluster.state("hosts/")
         alive = [h for h, rec in state.hosts.items() if rec.state == "alive" and h != ctx.me]
-        behind = []
-        for host in alive:
-            kv = ctx.raw.get(progress_key(host))
+        progress, _ = ctx.raw.list(progress_key(""))
+        done: dict[str, int] = {}
+        for kv in progress:
             try:
-                done = json.loads(kv.value).get("revision", 0) if kv else 0
-            except ValueError:
-                done = 0
-            if done < revision:
-                behind.append(host)
+                done[kv.key[len(progress_key("")):]] = int(json.loads(kv.value).get("revision", 0))
+            except (ValueError, TypeError, AttributeError):
+                continue
+        behind = [host for host in alive if done.get(host, 0) < revision]
         if not behind:
             return
         time.sleep(0.05)
@@ -512,7 +526,7 @@ def _resolve_subnets(ctx: Context, subnets: list[ipaddress.IPv4Network | None]) 
     config = ctx.cluster.config()
     default = ipaddress.IPv4Network(config.default_subnet if config else "10.32.0.0/12")
     out = [s or default for s in subnets]
-    state, _ = ctx.cluster.state()
+    state, _ = ctx.cluster.state("networks/", "vnis/")
     for subnet in out:
         for net in state.networks.values():
             if net.network != subnet and net.network.overlaps(subnet):
@@ -533,9 +547,7 @@ def _attach(
     for subnet in subnets:
         ctx.cluster.ensure_network(subnet)
         allocated.append(ctx.cluster.allocate(ctx.me, cid, subnet))
-    state, _ = ctx.cluster.state()
-    att = state.attachments.get((ctx.me, cid))
-    want = {str(ipaddress.IPv4Interface(c).ip) for c in att.cidrs} if att else set()
+    want = {str(c.ip) for c in cidrs} | {str(c.ip) for c in allocated}
     revision = _wait_attached(ctx, cid, want)
     _wait_peers(ctx, revision)
     return list(cidrs) + allocated
@@ -643,8 +655,7 @@ def detach(words: list[str] = typer.Argument(..., metavar="[CIDR...] CONTAINER")
         info = Containers().require_running(ref)
     except ContainerError as err:
         fail(str(err))
-    state, _ = c.cluster.state()
-    att = state.attachments.get((c.me, info.id))
+    att = c.cluster.attachment(c.me, info.id)
     current = {ipaddress.IPv4Interface(x).ip for x in att.cidrs} if att else set()
     for x in cidrs:
         if x.ip not in current:
@@ -652,8 +663,7 @@ def detach(words: list[str] = typer.Argument(..., metavar="[CIDR...] CONTAINER")
     if not current:
         fail(f"container {ref} is not attached to any network")
     removed = c.cluster.detach(c.me, info.id, cidrs or None)
-    remaining = current - {ipaddress.IPv4Interface(x).ip for x in removed}
-    _wait_attached(c, info.id, {str(ip) for ip in remaining})
+    _wait_attached(c, info.id, set(), absent={str(ipaddress.IPv4Interface(x).ip) for x in removed})
     typer.echo(" ".join(str(ipaddress.IPv4Interface(x).ip) for x in removed))
 
 
@@ -684,15 +694,13 @@ def hide(words: list[str] = typer.Argument(..., metavar="CIDR...")) -> None:
     cidrs = _parse_addresses(words)
     c = Context()
     c.require_agent()
-    state, _ = c.cluster.state()
-    att = state.attachments.get((c.me, EXPOSE_REF))
+    att = c.cluster.attachment(c.me, EXPOSE_REF)
     current = {ipaddress.IPv4Interface(x) for x in att.cidrs} if att else set()
     for x in cidrs:
         if x not in current:
             fail(f"{x} is not exposed on this host; `pyweave ps` shows what is (weave:expose line)")
     removed = c.cluster.detach(c.me, EXPOSE_REF, cidrs)
-    remaining = {str(x.ip) for x in current} - {str(ipaddress.IPv4Interface(x).ip) for x in removed}
-    _wait_attached(c, EXPOSE_REF, remaining)
+    _wait_attached(c, EXPOSE_REF, set(), absent={str(ipaddress.IPv4Interface(x).ip) for x in removed})
     typer.echo(" ".join(str(ipaddress.IPv4Interface(x).ip) for x in removed))
 
 
@@ -716,7 +724,10 @@ def status_ipam(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="As JSON."),
 ) -> None:
-    """The allocation range, the default subnet, and per host the addresses held and whether it is alive."""
+    """The allocation range, the default subnet, and per host the addresses held and whether it is alive.
+
+    Example: `pyweave status ipam`.
+    """
     c = Context()
     state, _ = c.cluster.state()
     config = state.config
@@ -815,7 +826,10 @@ def dns_lookup(name: str = typer.Argument(..., help="A name, with or without the
 
 @app.command()
 def ps() -> None:
-    """List the attached containers of this host: short ID, MAC, CIDRs (weave's format)."""
+    """List the attached containers of this host: short ID, MAC, CIDRs (weave's format).
+
+    Example: `pyweave ps`.
+    """
     from pyweave.plan import EXPOSE_REF
 
     c = Context()
@@ -833,8 +847,35 @@ def ps() -> None:
 
 
 @app.command()
+def report() -> None:
+    """Print the whole state of the cluster as JSON, as weave's report does.
+
+    Example: `pyweave report | jq '.hosts'`.
+    """
+    from dataclasses import asdict
+
+    c = Context()
+    state, revision = c.cluster.state()
+    data, _ok = _gather_status(c)
+    out = {
+        "revision": revision,
+        "host": data["host"],
+        "store": data["store"],
+        "config": asdict(state.config) if state.config else None,
+        "peers": data["peers"],
+        "networks": [asdict(n) for n in sorted(state.networks.values(), key=lambda n: n.subnet)],
+        "attachments": [asdict(a) for _, a in sorted(state.attachments.items())],
+        "endpoints": [asdict(e) for _, e in sorted(state.endpoints.items())],
+        "addresses": [asdict(cl) for _, cl in sorted(state.claims.items())],
+        "dns": [asdict(d) for _, d in sorted(state.dns.items())],
+        "problems": data["problems"],
+    }
+    typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
 def version() -> None:
-    """Print pyweave's version."""
+    """Print pyweave's version. Example: `pyweave version`."""
     typer.echo(f"pyweave {__version__}")
 
 

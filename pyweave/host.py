@@ -63,6 +63,7 @@ class HostConfig:
     resync_interval: float = 10.0
     dns: bool = True
     dns_domain: str = "weave.local."
+    metrics_port: int = 6782  # 0: no metrics
 
 
 class HostState:

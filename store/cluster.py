@@ -451,9 +451,27 @@ class Cluster:
     def __init__(self, raw: RawStore) -> None:
         self.raw = raw
 
-    def state(self) -> tuple[ClusterState, int]:
-        kvs, revision = self.raw.list(ROOT)
-        return ClusterState.from_items((kv.key, kv.value) for kv in kvs), revision
+    def state(self, *kinds: str) -> tuple[ClusterState, int]:
+        """The validated state: all of it, or only the given kinds ("networks/", "hosts/", ...),
+        which costs one range read each instead of reading everything."""
+        if not kinds:
+            kvs, revision = self.raw.list(ROOT)
+            return ClusterState.from_items((kv.key, kv.value) for kv in kvs), revision
+        items: list[tuple[str, bytes]] = []
+        revision = 0
+        for kind in kinds:
+            kvs, revision = self.raw.list(ROOT + kind)
+            items += [(kv.key, kv.value) for kv in kvs]
+        return ClusterState.from_items(items), revision
+
+    def attachment(self, host: str, container: str) -> AttachmentRecord | None:
+        kv = self.raw.get(attachment_key(host, container))
+        if kv is None:
+            return None
+        try:
+            return _parse_attachment(host, container, _obj(kv.value))
+        except _Bad:
+            return None
 
     def ensure_network(self, subnet: ipaddress.IPv4Network) -> NetworkRecord:
         """The network record of subnet, created with a fresh VNI if needed.
@@ -462,7 +480,7 @@ class Cluster:
         be routed from a host exposed on both, and a user who typed /16 for /24 wants to hear it.
         """
         for _ in range(_RETRIES):
-            state, _rev = self.state()
+            state, _rev = self.state("networks/", "vnis/")
             existing = state.networks.get(str(subnet))
             if existing:
                 return existing

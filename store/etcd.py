@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -138,9 +139,11 @@ class EtcdStore:
         self._lock = threading.Lock()
 
     def _call(self, fn: Callable, *args, **kwargs):
-        # With failover the client moves to another endpoint only when asked again, so a request
-        # that failed on a dead member is retried once per other endpoint before giving up.
-        attempts = len(self.endpoints)
+        # With failover the client moves to another endpoint only when asked again, so a failed
+        # request is retried: once per other endpoint, and at least three times in all with short
+        # pauses, which rides over a busy or briefly restarting etcd. Then it gives up: callers
+        # (the CLI) must say "store unreachable" instead of hanging.
+        attempts = max(3, len(self.endpoints))
         for attempt in range(attempts):
             try:
                 return fn(*args, **kwargs)
@@ -151,6 +154,7 @@ class EtcdStore:
                     raise
                 if attempt == attempts - 1:
                     raise StoreUnavailable(self.endpoints, _describe(err)) from err
+                time.sleep(0.1 * (attempt + 1))
 
     # -- reads ---------------------------------------------------------------------------------
     def list(self, prefix: str) -> tuple[list[KeyValue], int]:

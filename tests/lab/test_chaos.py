@@ -299,10 +299,8 @@ JSON_VALUES = st.recursive(
 RAW_VALUES = st.one_of(JSON_VALUES.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40))
 # Subnets 10.110/10.111 are the real ones of this lab: random values must not overwrite real keys.
 OCTETS = st.integers(0, 255).filter(lambda n: n not in (110, 111))
-BATCHES = st.lists(
-    st.tuples(st.sampled_from(KINDS), st.text("abcdef0123456789-", min_size=1, max_size=12), OCTETS, RAW_VALUES),
-    min_size=250, max_size=250,
-)
+ITEMS = st.tuples(st.sampled_from(KINDS), st.text("abcdef0123456789-", min_size=1, max_size=12), OCTETS, RAW_VALUES)
+
 
 STORE_SCRIPT = """
 import json, sys
@@ -317,18 +315,26 @@ for key, value in items:
 def test_8_property_random_values_never_crash_an_agent(chaos, tmp_path):
     lab = chaos.lab
     host = lab.hosts[1].name
-    written: list[int] = []
+    generated: list = []
 
-    @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(batch=BATCHES)
-    def check(batch):
+    # Hypothesis draws the keys and values (one per example: large batches overflow its buffer);
+    # they are then written in four rounds, each followed by the checks.
+    @settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(item=ITEMS)
+    def draw(item):
+        generated.append(item)
+
+    draw()
+    written: list[int] = []
+    for round_ in range(4):
         items = {}
-        for kind, word, n, value in batch:
+        for i, (kind, word, n, value) in enumerate(generated[round_::4]):
+            word = f"{word}-{round_}-{i}"  # hypothesis repeats small examples: keep every key distinct
             key = "/pyweave/v1/" + kind.format(
                 a=word, b=word[::-1], host=host, net=f"10.{n}.0.0-24", ip=f"10.{n}.0.{n % 250 + 1}"
             )
             items[key] = value.hex()
-        path = tmp_path / "batch.json"
+        path = tmp_path / f"batch{round_}.json"
         path.write_text(json.dumps(list(items.items())))
         lab.exec(0, sys.executable, "-c", STORE_SCRIPT, "put", str(path), check=True, timeout=120)
         try:
@@ -338,9 +344,8 @@ def test_8_property_random_values_never_crash_an_agent(chaos, tmp_path):
             assert lab.pyweave(0, "status").returncode == 0
         finally:
             lab.exec(0, sys.executable, "-c", STORE_SCRIPT, "del", str(path), check=True, timeout=120)
-        written.append(len(batch))
+        written.append(len(items))
 
-    check()
     assert sum(written) >= 1000
     assert all(pid_alive(lab.agent_pid(i)) for i in range(3))
     row = RELIABILITY.get(8, {"scenario": "bad data written with etcdctl", "measured": ""})

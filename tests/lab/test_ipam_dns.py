@@ -24,7 +24,8 @@ class Upstream(BaseResolver):
     def resolve(self, request, handler):
         reply = request.reply()
         if str(request.q.qname).lower() == "external.example.":
-            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A("192.0.2.10"), ttl=60))
+            if request.q.qtype == QTYPE.A:
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A("192.0.2.10"), ttl=60))
         else:
             reply.header.rcode = RCODE.NXDOMAIN
         return reply

@@ -1,0 +1,70 @@
+"""Prometheus metrics of one agent, served on the host's own address (port 6782, as weave's).
+
+A collector reads the agent's counters at scrape time, so the agent's code only counts things
+and never talks to the metrics library; the registry is the agent's own (several agents may
+share a process in the control-plane benchmark).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from pyweave.agent import Agent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 6782
+
+
+class AgentCollector:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self):
+        a = self.agent
+        stats = a.stats
+        hosts = GaugeMetricFamily("pyweave_hosts", "Hosts known to the store, by state.", labels=["state"])
+        for state, count in sorted(stats.hosts_by_state.items()):
+            hosts.add_metric([state], count)
+        yield hosts
+        yield GaugeMetricFamily("pyweave_peers_alive", "Other hosts alive.", value=stats.peers_alive)
+        endpoints = GaugeMetricFamily("pyweave_endpoints", "Endpoints programmed on this host.", labels=["where"])
+        endpoints.add_metric(["local"], stats.local_endpoints)
+        endpoints.add_metric(["remote"], stats.remote_endpoints)
+        yield endpoints
+        yield CounterMetricFamily("pyweave_reconcile", "Reconcile runs.", value=a.reconciles)
+        yield CounterMetricFamily(
+            "pyweave_reconcile_seconds", "Time spent reconciling, in seconds.", value=stats.reconcile_seconds
+        )
+        errors = CounterMetricFamily("pyweave_errors", "Errors by kind.", labels=["kind"])
+        for kind, count in sorted(stats.errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        watch = a.watcher.stats
+        yield CounterMetricFamily("pyweave_watch_restarts", "Store watches started again after a broken stream.",
+                                  value=watch.rewatches)
+        yield CounterMetricFamily("pyweave_watch_relists", "Full lists of the store (start, compaction, periodic).",
+                                  value=watch.lists)
+        yield CounterMetricFamily("pyweave_watch_compactions", "Watches that fell behind a compaction.",
+                                  value=watch.compactions)
+        yield GaugeMetricFamily("pyweave_records_invalid", "Records in the store rejected as invalid.",
+                                value=stats.invalid_records)
+        yield GaugeMetricFamily("pyweave_store_connected", "1 while the store watch is connected.",
+                                value=1 if a.watcher.connected else 0)
+
+
+def serve(agent: Agent, *, address: str, port: int = DEFAULT_PORT) -> CollectorRegistry | None:
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent))
+    try:
+        start_http_server(port, addr=address, registry=registry)
+    except OSError as err:
+        log.error("metrics not served on %s:%d: %s", address, port, err)
+        return None
+    log.info("metrics on http://%s:%d/metrics", address, port)
+    return registry
