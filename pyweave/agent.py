@@ -111,6 +111,8 @@ class Agent:
         self._dead_containers: list[str] = []
         self.reconciles = 0
         self.stats = AgentStats()
+        self._parse_cache: dict = {}
+        self._applied: dict = {}  # what was last applied to the kernel, by object
 
     # -- wiring --------------------------------------------------------------------------------
     def wake(self, *, full: bool = False) -> None:
@@ -232,7 +234,7 @@ class Agent:
                     self._docker_cache.clear()
             started = time.monotonic()
             try:
-                self.reconcile()
+                self.reconcile(full=full)
                 backoff.reset()
             except (StoreError, DataplaneError, ContainerError, ClusterError) as err:
                 self.stats.error(type(err).__name__)
@@ -248,11 +250,17 @@ class Agent:
                 self.stats.reconcile_seconds += time.monotonic() - started
         self.shutdown()
 
-    def reconcile(self) -> HostPlan | None:
+    def reconcile(self, *, full: bool = True) -> HostPlan | None:
+        """One pass. `full` re-reads and re-checks every kernel object (the periodic resync,
+        which repairs what someone deleted by hand); otherwise objects whose desired state is
+        unchanged since they were last applied are trusted, so an event costs work for what it
+        changed, not for the size of the cluster."""
         items, revision = self.watcher.snapshot()
         if revision == 0:
             return None
-        state = ClusterState.from_items((k, v) for k, (v, _lease) in items.items())
+        if full:
+            self._applied.clear()
+        state = ClusterState.from_items(((k, v) for k, (v, _lease) in items.items()), cache=self._parse_cache)
         self._release_destroyed(state)
         existing = self.dataplane.ports()
         refs = [ref for (host, ref) in state.attachments if host == self.me and ref != EXPOSE_REF]
@@ -286,29 +294,40 @@ class Agent:
             self.wake()  # the writes come back through the watch; plan again then
         self._release_unclaimed(state, revision, frozen_refs)
 
+        owners = state.vni_owner()
         for vni in sorted(plan.vnis):
-            self.dataplane.ensure_network(vni)
-            net = state.vni_owner().get(vni)
-            self.dataplane.ensure_exposed(
-                vni, mac=expose_mac(self.me, vni), cidrs=plan.exposes.get(vni, ()), subnet=net.subnet if net else None
-            )
+            net = owners.get(vni)
+            want = (expose_mac(self.me, vni), plan.exposes.get(vni, ()), net.subnet if net else None)
+            if self._applied.get(("net", vni)) != want:
+                self.dataplane.ensure_network(vni)
+                self.dataplane.ensure_exposed(vni, mac=want[0], cidrs=want[1], subnet=want[2])
+                self._applied[("net", vni)] = want
         failed: set[str] = set()
         if docker_ok:
             for key, port in plan.ports.items():
+                if key in existing and self._applied.get(("port", key)) == port:
+                    continue
                 try:
                     self.dataplane.ensure_port(port)
+                    self._applied[("port", key)] = port
                 except DataplaneError as err:
                     problems.append(Invalid(f"{ROOT}attachments/{self.me}/{port.container_id}", str(err)))
                     failed.add(port.container_id)
             for key, port_state in existing.items():
                 if key not in plan.ports and port_state.container_id not in frozen:
                     self.dataplane.remove_port(port_state)
+                    self._applied.pop(("port", key), None)
         for vni in sorted(plan.vnis):
-            self.dataplane.sync_remote(vni, plan.remote.get(vni, set()))
+            remote = frozenset(plan.remote.get(vni, set()))
+            if self._applied.get(("remote", vni)) != remote:
+                self.dataplane.sync_remote(vni, remote)
+                self._applied[("remote", vni)] = remote
         if docker_ok:
-            kept_vnis = plan.vnis | {vni for (_cid, vni) in self.dataplane.ports()}
+            kept_vnis = plan.vnis | {vni for (cid, vni) in existing if (cid, vni) in plan.ports or cid in frozen}
             for vni in self.dataplane.networks() - kept_vnis:
                 self.dataplane.remove_network(vni)
+                for kind in ("net", "remote"):
+                    self._applied.pop((kind, vni), None)
             self._publish(items, {k: v for k, v in plan.endpoints.items() if v.container not in failed}, frozen)
             self._publish_dns(items, {cid: recs for cid, recs in plan.dns.items() if cid not in failed}, frozen)
         self._collect_dead_hosts(state)

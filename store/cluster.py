@@ -335,6 +335,46 @@ def _parse_claim(nid: str, ip: str, obj: dict) -> IpClaim:
     )
 
 
+def _parse_entry(key: str, raw: bytes):
+    """(slot, index, record) for a key of the schema, Invalid for a bad one, None outside ROOT."""
+    if not key.startswith(ROOT):
+        return None
+    parts = key[len(ROOT):].split("/")
+    kind, rest = parts[0], parts[1:]
+    try:
+        if kind == "hosts" and len(rest) == 1:
+            return "hosts", rest[0], _parse_host(rest[0], _obj(raw))
+        if kind == "members" and len(rest) == 1:
+            return "members", rest[0], _parse_host(rest[0], _obj(raw))
+        if kind == "networks" and len(rest) == 1:
+            rec = _parse_network(rest[0], _obj(raw))
+            return "networks", rec.subnet, rec
+        if kind == "attachments" and len(rest) == 2:
+            return "attachments", (rest[0], rest[1]), _parse_attachment(rest[0], rest[1], _obj(raw))
+        if kind == "endpoints" and len(rest) == 3:
+            return "endpoints", key, _parse_endpoint(rest[0], rest[1], rest[2], _obj(raw))
+        if kind == "ips" and len(rest) == 2:
+            claim = _parse_claim(rest[0], rest[1], _obj(raw))
+            return "claims", (claim.subnet, claim.ip), claim
+        if kind == "vnis" and len(rest) == 1:
+            if not rest[0].isdigit():
+                raise _Bad("a VNI key must be a number")
+            return "vni_claims", int(rest[0]), str(_field(_obj(raw), "subnet", str))
+        if kind == "config" and not rest:
+            return "config", None, _parse_config(_obj(raw))
+        if kind == "dns" and len(rest) == 2:
+            obj = _obj(raw)
+            return "dns", (rest[0], rest[1]), DnsRecords(rest[0], rest[1], _pairs(obj.get("records", []), "records"))
+        if kind == "dnsextra" and len(rest) == 2:
+            obj = _obj(raw)
+            return "dns_extra", (rest[0], rest[1]), (_pairs(obj.get("add", []), "add"), _pairs(obj.get("remove", []), "remove"))
+        if kind == "tombstones" and len(rest) == 1:
+            return "tombstones", rest[0], float(_field(_obj(raw), "since", (int, float)))
+        raise _Bad("unknown key: not part of the schema in docs/keys.md")
+    except _Bad as err:
+        return Invalid(key, str(err))
+
+
 @dataclass
 class ClusterState:
     """A validated snapshot of everything under ROOT."""
@@ -353,52 +393,34 @@ class ClusterState:
     invalid: list[Invalid] = field(default_factory=list)
 
     @classmethod
-    def from_items(cls, items: Iterable[tuple[str, bytes]]) -> ClusterState:
+    def from_items(cls, items: Iterable[tuple[str, bytes]], cache: dict | None = None) -> ClusterState:
+        """Validate every item. With a cache (a dict the caller keeps between calls), a key whose
+        value did not change is not parsed again: an agent re-plans on every event, and parsing
+        thousands of unchanged records each time would make its work grow with the cluster."""
         state = cls()
+        fresh: dict = {}
         for key, raw in items:
-            state._add(key, raw)
+            hit = cache.get(key) if cache is not None else None
+            entry = hit[1] if hit is not None and hit[0] == raw else _parse_entry(key, raw)
+            fresh[key] = (raw, entry)
+            state._place(key, entry)
+        if cache is not None:
+            cache.clear()
+            cache.update(fresh)
         state._cross_check()
         return state
 
-    def _add(self, key: str, raw: bytes) -> None:
-        if not key.startswith(ROOT):
+    def _place(self, key: str, entry) -> None:
+        if entry is None:
             return
-        parts = key[len(ROOT):].split("/")
-        kind, rest = parts[0], parts[1:]
-        try:
-            if kind == "hosts" and len(rest) == 1:
-                self.hosts[rest[0]] = _parse_host(rest[0], _obj(raw))
-            elif kind == "members" and len(rest) == 1:
-                self.members[rest[0]] = _parse_host(rest[0], _obj(raw))
-            elif kind == "networks" and len(rest) == 1:
-                rec = _parse_network(rest[0], _obj(raw))
-                self.networks[rec.subnet] = rec
-            elif kind == "attachments" and len(rest) == 2:
-                self.attachments[(rest[0], rest[1])] = _parse_attachment(rest[0], rest[1], _obj(raw))
-            elif kind == "endpoints" and len(rest) == 3:
-                self.endpoints[key] = _parse_endpoint(rest[0], rest[1], rest[2], _obj(raw))
-            elif kind == "ips" and len(rest) == 2:
-                claim = _parse_claim(rest[0], rest[1], _obj(raw))
-                self.claims[(claim.subnet, claim.ip)] = claim
-            elif kind == "vnis" and len(rest) == 1:
-                if not rest[0].isdigit():
-                    raise _Bad("a VNI key must be a number")
-                self.vni_claims[int(rest[0])] = str(_field(_obj(raw), "subnet", str))
-            elif kind == "config" and not rest:
-                self.config = _parse_config(_obj(raw))
-            elif kind == "dns" and len(rest) == 2:
-                obj = _obj(raw)
-                self.dns[(rest[0], rest[1])] = DnsRecords(rest[0], rest[1], _pairs(obj.get("records", []), "records"))
-            elif kind == "dnsextra" and len(rest) == 2:
-                obj = _obj(raw)
-                self.dns_extra[(rest[0], rest[1])] = (_pairs(obj.get("add", []), "add"), _pairs(obj.get("remove", []), "remove"))
-            elif kind == "tombstones" and len(rest) == 1:
-                since = _field(_obj(raw), "since", (int, float))
-                self.tombstones[rest[0]] = float(since)
-            else:
-                raise _Bad("unknown key: not part of the schema in docs/keys.md")
-        except _Bad as err:
-            self.invalid.append(Invalid(key, str(err)))
+        if isinstance(entry, Invalid):
+            self.invalid.append(entry)
+            return
+        slot, index, value = entry
+        if slot == "config":
+            self.config = value
+        else:
+            getattr(self, slot)[index] = value
 
     def _cross_check(self) -> None:
         # Two networks with one VNI: the one that holds the VNI's claim (written in the same
