@@ -60,7 +60,7 @@ class HostConfig:
     address: str | None = None  # underlay address; None = found at agent start
     mtu: int | None = None  # overlay MTU override
     lease_ttl: int = 10
-    resync_interval: float = 10.0
+    resync_interval: float = 8.0  # full resync: repairs objects deleted by hand within this period
     dns: bool = True
     dns_domain: str = "weave.local."
     metrics_port: int = 6782  # 0: no metrics
