@@ -308,22 +308,12 @@ def _pairs(value: object, what: str) -> tuple[tuple[str, str], ...]:
 
 
 def _parse_config(obj: dict) -> ClusterConfig:
-    rng = _subnet_any(str(_field(obj, "ipalloc_range", str)))
-    default = _subnet_any(str(_field(obj, "default_subnet", str)))
+    rng = _subnet(str(_field(obj, "ipalloc_range", str)))
+    default = _subnet(str(_field(obj, "default_subnet", str)))
     grace = obj.get("dead_host_grace", 600.0)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
         raise _Bad('field "dead_host_grace" must be a number of seconds')
     return ClusterConfig(str(rng), str(default), float(grace))
-
-
-def _subnet_any(text: str) -> ipaddress.IPv4Network:
-    try:
-        net = ipaddress.IPv4Network(text, strict=True)
-    except ValueError as err:
-        raise _Bad(f"subnet {text!r} is not an IPv4 network with zero host bits ({err})") from err
-    if not 8 <= net.prefixlen <= 30:
-        raise _Bad(f"subnet {text} must have a prefix length between /8 and /30")
-    return net
 
 
 def _parse_claim(nid: str, ip: str, obj: dict) -> IpClaim:
