@@ -243,3 +243,29 @@ def test_dead_hosts_addresses_wait_for_the_grace_period_and_rmpeer_frees_at_once
 def claims_all(lab) -> list[dict]:
     out = lab.etcdctl(0, "get", "--prefix", "/pyweave/v1/ips/").stdout.splitlines()
     return [json.loads(v) for v in out[1::2]]
+
+
+def test_launch_refuses_a_different_range_and_a_range_over_a_route():
+    with Lab(2) as lab:
+        assert lab.pyweave(0, "launch").returncode == 0
+        r = lab.pyweave(1, "launch", lab.hosts[0].address, "--ipalloc-range", "10.64.0.0/12")
+        assert r.returncode == 1
+        assert "this cluster uses --ipalloc-range 10.32.0.0/12, not 10.64.0.0/12" in r.stderr
+        lab.exec(1, "ip", "route", "add", "10.32.5.0/24", "dev", "eth0", check=True)
+        r = lab.pyweave(1, "launch", lab.hosts[0].address)
+        assert r.returncode == 1
+        assert "overlaps the route 10.32.5.0/24 dev eth0" in r.stderr
+        assert lab.agent_pid(1) is None
+        prefix = lab.prefix
+    assert not leftovers(prefix)
+
+
+def test_stopped_container_keeps_its_address(lab):
+    cid = run_container(lab, 0, "net:10.92.0.0/24", "busybox", "sleep", "3600")
+    before = ipv4_of(cid)
+    docker("stop", "-t", "0", cid, check=True)
+    assert "10.92.0.1" in claims(lab, "10.92.0.0/24")
+    other = run_container(lab, 1, "net:10.92.0.0/24", "busybox", "sleep", "3600")
+    assert ipv4_of(other) == ["10.92.0.2/24"]
+    docker("start", cid, check=True)
+    wait_for(lambda: ipv4_of(cid) == before, timeout=5, message="the same address after docker start")
