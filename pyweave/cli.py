@@ -471,7 +471,12 @@ def _precheck(ctx: Context, cidrs: list[ipaddress.IPv4Interface], container: str
 
 
 def _wait_attached(
-    ctx: Context, cid: str, present: set[str], absent: set[str] = frozenset(), timeout: float = ATTACH_TIMEOUT
+    ctx: Context,
+    cid: str,
+    present: set[str],
+    absent: set[str] = frozenset(),
+    timeout: float = ATTACH_TIMEOUT,
+    gone=None,
 ) -> int:
     """Wait until the agent has published every address in `present` and none in `absent` for
     cid (others may come and go meanwhile: concurrent attaches); returns the store revision of
@@ -479,6 +484,7 @@ def _wait_attached(
     prefix = f"{ENDPOINTS}{ctx.me}/{cid}/"
     akey = attachment_key(ctx.me, cid)
     deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + 0.5
     while True:
         kvs, revision = ctx.raw.list(prefix)
         have = {kv.key[len(prefix):] for kv in kvs}
@@ -496,6 +502,10 @@ def _wait_attached(
             fail(f"the agent did not apply the change to {cid[:12]} within {timeout:.0f}s; see {ctx.state.log_path}")
         if ctx.state.agent_pid() is None:
             fail("pyweave is not running on this host; run `pyweave launch`")
+        if gone is not None and time.monotonic() > next_check:
+            next_check = time.monotonic() + 0.5
+            if gone():
+                return revision  # it exited (`run ... true`): the attachment waits for its next start
         time.sleep(0.05)
 
 
@@ -535,7 +545,12 @@ def _resolve_subnets(ctx: Context, subnets: list[ipaddress.IPv4Network | None]) 
 
 
 def _attach(
-    ctx: Context, cid: str, cidrs: list[ipaddress.IPv4Interface], subnets: list[ipaddress.IPv4Network] = ()
+    ctx: Context,
+    cid: str,
+    cidrs: list[ipaddress.IPv4Interface],
+    subnets: list[ipaddress.IPv4Network] = (),
+    *,
+    gone=None,
 ) -> list[ipaddress.IPv4Interface]:
     """Attach exact addresses and allocate one in each subnet; wait for the agent and the peers.
     Returns every address asked for, the allocated ones included (in that order)."""
@@ -548,7 +563,7 @@ def _attach(
         ctx.cluster.ensure_network(subnet)
         allocated.append(ctx.cluster.allocate(ctx.me, cid, subnet))
     want = {str(c.ip) for c in cidrs} | {str(c.ip) for c in allocated}
-    revision = _wait_attached(ctx, cid, want)
+    revision = _wait_attached(ctx, cid, want, gone=gone)
     _wait_peers(ctx, revision)
     return list(cidrs) + allocated
 
@@ -593,8 +608,12 @@ def run(ctx: typer.Context) -> None:
         cid = docker_client.create_and_start(kwargs)
     except ContainerError as err:
         fail(str(err))
+    def exited() -> bool:
+        info = docker_client.inspect(cid)
+        return info is None or not info.running
+
     try:
-        _attach(c, cid, cidrs, subnets)
+        _attach(c, cid, cidrs, subnets, gone=exited)
     except BaseException:
         # The container exists only because of this command: do not leave it behind half-made.
         docker_client.remove(cid)

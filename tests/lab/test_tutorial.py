@@ -185,3 +185,13 @@ def test_status_on_a_host_never_launched():
         assert "not launched; run `pyweave launch`" in r.stderr or "not launched on this host; run `pyweave launch`" in r.stderr
         prefix = lab.prefix
     assert not leftovers(prefix)
+
+
+def test_run_of_a_container_that_exits_at_once_returns_its_id(launched_lab):
+    lab = launched_lab
+    start = time.monotonic()
+    r = lab.pyweave(0, "run", "10.7.0.1/24", "busybox", "true")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - start < 10
+    cid = r.stdout.strip()
+    assert docker("inspect", "-f", "{{.State.Running}}", cid).stdout.strip() == "false"
