@@ -505,7 +505,7 @@ def _wait_attached(
         if gone is not None and time.monotonic() > next_check:
             next_check = time.monotonic() + 0.5
             if gone():
-                return revision  # it exited (`run ... true`): the attachment waits for its next start
+                return 0  # it exited (`run ... true`): the attachment waits for its next start
         time.sleep(0.05)
 
 
@@ -564,7 +564,8 @@ def _attach(
         allocated.append(ctx.cluster.allocate(ctx.me, cid, subnet))
     want = {str(c.ip) for c in cidrs} | {str(c.ip) for c in allocated}
     revision = _wait_attached(ctx, cid, want, gone=gone)
-    _wait_peers(ctx, revision)
+    if revision:
+        _wait_peers(ctx, revision)
     return list(cidrs) + allocated
 
 

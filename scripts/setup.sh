@@ -83,10 +83,10 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1) $ROOT"
 have=$(cat "$stamp" 2>/dev/null || true)
 where=$(.venv/bin/python -c 'import os, pyweave; print(os.path.dirname(os.path.dirname(os.path.abspath(pyweave.__file__))))' 2>/dev/null || true)
 if [ "$want" != "$have" ] || [ "$where" != "$ROOT" ]; then
-    step "pip install -e '.[test]' into .venv"
+    step "pip install -e '.[test,bench]' into .venv"
     # (The filter drops pip's warnings about find-links folders a machine's pip.conf may name
     # but that do not exist; pip's exit status still counts, through pipefail.)
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e "$ROOT[test]" </dev/null 2>&1 \
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e "$ROOT[test,bench]" </dev/null 2>&1 \
         | { grep -v "is ignored: it is neither a file nor a directory" || true; }
     printf '%s\n' "$want" >"$stamp"
 else

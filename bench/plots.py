@@ -1,0 +1,141 @@
+"""PNG plots for the report, where a picture reads better than a table.
+
+matplotlib is an optional dependency (`pip install -e '.[bench]'`); without it every function
+here returns None and the report says the plot was skipped, so the smoke test runs without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+MISSING = "plot skipped: matplotlib is not installed (`pip install -e '.[bench]'`)"
+
+
+def throughput_bars(path: Path, data: Mapping[str, Mapping[int, Sequence[float]]], *, title: str) -> Path | None:
+    """Grouped bars: one group per path, one bar per stream count; the bar is the median, the
+    whisker spans min..max of the repeats. data[path][streams] = [Gbit/s, ...]."""
+    if not available():
+        return None
+    plt = _pyplot()
+    from bench.stats import median
+
+    paths = list(data)
+    streams = sorted({s for per in data.values() for s in per})
+    width = 0.8 / max(1, len(streams))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for i, s in enumerate(streams):
+        xs, ys, lo, hi = [], [], [], []
+        for j, p in enumerate(paths):
+            vals = data[p].get(s) or []
+            if not vals:
+                continue
+            m = median(vals)
+            xs.append(j + (i - (len(streams) - 1) / 2) * width)
+            ys.append(m)
+            lo.append(m - min(vals))
+            hi.append(max(vals) - m)
+        bars = ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=3, label=f"{s} stream{'s' if s > 1 else ''}")
+        for x, y in zip(xs, ys, strict=True):
+            ax.annotate(f"{y:.2f}", (x, y), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        del bars
+    ax.set_xticks(range(len(paths)))
+    ax.set_xticklabels(paths, fontsize=9)
+    ax.set_ylabel("Gbit/s (median, whiskers: min-max)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cdf(
+    path: Path,
+    series: Mapping[str, Sequence[float]],
+    *,
+    title: str,
+    xlabel: str,
+    marks: Sequence[tuple[float, str]] = (),
+    logx: bool = False,
+) -> Path | None:
+    """Empirical CDFs, one line per series, with vertical lines at the targets (marks)."""
+    if not available():
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for name, values in series.items():
+        vals = sorted(values)
+        if not vals:
+            continue
+        ys = [(i + 1) / len(vals) for i in range(len(vals))]
+        ax.step(vals, ys, where="post", label=f"{name} (n={len(vals)})")
+    for x, label in marks:
+        ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (x, 0.02), rotation=90, fontsize=8, color="grey", xytext=(3, 0), textcoords="offset points")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of samples ≤ x")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def scale_lines(
+    path: Path,
+    hosts: Sequence[int],
+    *,
+    converge_s: Sequence[float],
+    per_reconcile_ms: Sequence[float],
+    per_event_ms: Sequence[float],
+    target_s: float,
+) -> Path | None:
+    """Two panels against cluster size: convergence after the burst, and agent CPU per reconcile
+    and per watch event."""
+    if not available():
+        return None
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(hosts, converge_s, marker="o", label="all agents converged")
+    a.axhline(target_s, color="grey", linestyle="--", linewidth=1, label=f"target {target_s:g} s")
+    a.set_xlabel("simulated hosts")
+    a.set_ylabel("seconds after the burst started")
+    a.set_title("Convergence after a burst of endpoints")
+    a.grid(alpha=0.3)
+    a.legend(fontsize=8)
+    b.plot(hosts, per_reconcile_ms, marker="o", label="CPU per reconcile")
+    b.plot(hosts, per_event_ms, marker="s", label="CPU per watch event")
+    b.set_xlabel("simulated hosts")
+    b.set_ylabel("ms of agent CPU (median over agents)")
+    b.set_title("Agent work against cluster size")
+    b.grid(alpha=0.3)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

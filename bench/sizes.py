@@ -1,0 +1,76 @@
+"""How big each measurement is: the full run (issue 6's sizes) and the CI smoke size (`--quick`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    throughput_seconds: int
+    throughput_repeats: int
+    throughput_streams: tuple[int, ...]
+    latency_samples: int
+    latency_interval: float
+    convergence_runs: int
+    convergence_hosts: int
+    cli_pairs: int
+    cli_true_pairs: int  # `pyweave run ... busybox true`, which waits for its 20 s attach timeout
+    agent_idle_seconds: float
+    agent_churn_endpoints: int
+    scale_hosts: tuple[int, ...]
+    scale_endpoints_per_host: int
+    scale_burst: int
+    scale_agents_per_worker: int
+    scale_wait_s: tuple[float, ...]  # how long the burst is waited for, per size (the run's budget may cut it)
+    scale_client_hosts: int  # own etcd client per agent against one shared per process: this size ...
+    scale_client_burst: int  # ... and a burst small enough to converge within the budget
+    scale_client_wait_s: float
+    scale_converge_timeout: float  # the most any wait may be (also the startup's, at least 120 s)
+
+
+FULL = Sizes(
+    throughput_seconds=10,
+    throughput_repeats=3,
+    throughput_streams=(1, 4),
+    latency_samples=200,
+    latency_interval=0.01,
+    convergence_runs=50,
+    convergence_hosts=5,
+    cli_pairs=10,
+    cli_true_pairs=1,
+    agent_idle_seconds=20,
+    agent_churn_endpoints=100,
+    scale_hosts=(50, 100, 200),
+    scale_endpoints_per_host=25,
+    scale_burst=1000,
+    scale_agents_per_worker=50,
+    scale_wait_s=(75, 45, 75),
+    scale_client_hosts=20,
+    scale_client_burst=100,
+    scale_client_wait_s=30,
+    scale_converge_timeout=240,
+)
+
+QUICK = Sizes(
+    throughput_seconds=1,
+    throughput_repeats=1,
+    throughput_streams=(1, 4),
+    latency_samples=20,
+    latency_interval=0.01,
+    convergence_runs=3,
+    convergence_hosts=2,
+    cli_pairs=2,
+    cli_true_pairs=0,
+    agent_idle_seconds=2,
+    agent_churn_endpoints=10,
+    scale_hosts=(2, 4),
+    scale_endpoints_per_host=3,
+    scale_burst=4,
+    scale_agents_per_worker=2,
+    scale_wait_s=(30, 30),
+    scale_client_hosts=2,
+    scale_client_burst=2,
+    scale_client_wait_s=30,
+    scale_converge_timeout=30,
+)
