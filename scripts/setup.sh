@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
-PACKAGES=(docker.io etcd-server etcd-client iproute2 nftables iperf3 busybox-static tcpdump)
+PACKAGES=(docker.io etcd-server etcd-client iproute2 nftables iperf3 busybox-static tcpdump docker-compose debootstrap)
 
 step() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
