@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labtools import RELIABILITY, cpu_seconds, docker, mac_of, ping, ping_loss, record, run_container, wait_for
-from pyweave.host import pid_alive
+from pyweave.host import HostConfig, pid_alive
 from pyweave.lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
@@ -206,7 +206,7 @@ def test_7_devices_and_entries_deleted_by_hand_come_back(chaos):
     assert max(took.values()) <= 12
     record(7, "bridge, VXLAN device, FDB and neighbour entry deleted by hand",
            "restored in " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items())
-           + f" (resync period 10 s); other traffic: {sent - received} of {sent} pings lost")
+           + f" (resync period {HostConfig.resync_interval:.0f} s); other traffic: {sent - received} of {sent} pings lost")
 
 
 def test_4_dead_host_vanishes_everywhere_and_returns_with_its_identity(chaos):
