@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ BUSYBOX_APPLETS = (
     "sh ash ping ip ifconfig nslookup sleep cat ls echo true false hostname wget nc arping route "
     "ps grep head tail wc date env sed awk kill uname id top watch mkdir rm"
 ).split()
+
+
+def _raise_interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
@@ -56,6 +61,11 @@ class Lab:
 
     # -- building ------------------------------------------------------------------------------
     def __enter__(self) -> Lab:
+        # SIGTERM (a timeout, a CI runner) must clean up like Ctrl-C does: turn it into an exception
+        # that unwinds through __exit__. Only the main thread may set signal handlers.
+        self._old_term = None
+        if threading.current_thread() is threading.main_thread():
+            self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             self.up()
         except BaseException:
@@ -64,7 +74,11 @@ class Lab:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.down()
+        try:
+            self.down()
+        finally:
+            if self._old_term is not None:
+                signal.signal(signal.SIGTERM, self._old_term)
 
     def _netns_add(self, name: str) -> None:
         sh("ip", "netns", "add", name)
