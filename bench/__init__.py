@@ -1,7 +1,7 @@
 """pyweave's benchmarks: data path, convergence, CLI overhead, agent cost, control-plane scale.
 
 `python -m bench` (as root, Docker running) builds its own lab of host namespaces with
-`pyweave.lab.Lab`, measures each section against a reference and a target, and writes
+`pyweave_lab.Lab`, measures each section against a reference and a target, and writes
 `docs/performance.md` with PNG plots beside it. Figures live here and in that report, never as
 assertions in tests: `tests/bench/test_bench_smoke.py` only runs the code paths at a tiny size
 (`--quick`) so they cannot rot.

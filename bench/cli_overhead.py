@@ -108,7 +108,7 @@ def run(ctx: BenchContext) -> SectionResult:
         if profiles.pyinstrument_available():
             with tempfile.TemporaryDirectory() as tmp:
                 profile_text, tree, r = profiles.pyinstrument_run(
-                    session.in_host(0), ["pyweave.cli", "run", f"{SUBNET}.2.1/24", "busybox", "sleep", "3600"],
+                    session.in_host(0), ["pyweave_cmd.cli", "run", f"{SUBNET}.2.1/24", "busybox", "sleep", "3600"],
                     env=lab.env(), cwd=REPO, out=Path(tmp) / "run",
                 )
             if r.returncode == 0 and r.stdout.strip():

@@ -20,7 +20,7 @@ import signal
 from collections.abc import Callable
 
 from dataplane.linux import VXLAN_OVERHEAD
-from pyweave.lab import sh
+from pyweave_lab import sh
 
 from bench.labsession import LabSession
 

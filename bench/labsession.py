@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from pyweave.lab import Lab, LabHost, ensure_test_image, leftovers, sh
+from pyweave_lab import Lab, LabHost, ensure_test_image, leftovers, sh
 
 from bench.machine import REPO
 from bench.procs import pid_stat

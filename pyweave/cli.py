@@ -221,7 +221,7 @@ def launch(
     ready.unlink(missing_ok=True)
     log = open(state.log_path, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyweave.agent"],
+        [sys.executable, "-m", "pyweave_cmd.agent"],
         env={**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")},
         stdin=subprocess.DEVNULL,
         stdout=log,

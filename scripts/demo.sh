@@ -2,7 +2,7 @@
 # The weave tutorial with pyweave, on a lab of 3 hosts on this machine: sudo scripts/demo.sh [--hosts N]
 #
 # Sets the machine up (scripts/setup.sh), starts a Docker daemon if none answers (and stops it at the
-# end, only if it was started here), builds the local busybox image, then runs `python -m pyweave.demo`,
+# end, only if it was started here), builds the local busybox image, then runs `pyweave-demo`,
 # which builds the lab, plays the tutorial and removes the lab again. Ctrl-C or SIGTERM stop it cleanly.
 set -euo pipefail
 
@@ -31,11 +31,11 @@ fi
 bash scripts/dockerd.sh start
 
 echo "demo.sh: test image busybox:latest (built locally from busybox-static if missing)"
-.venv/bin/python -c 'from pyweave.lab import ensure_test_image; ensure_test_image()'
+.venv/bin/python -c 'from pyweave_lab import ensure_test_image; ensure_test_image()'
 
 # The demo runs in the background so that this shell can pass a SIGTERM (or Ctrl-C) on to it at once
 # and still stop the Docker daemon after the demo has removed its lab.
-.venv/bin/python -m pyweave.demo "$@" &
+.venv/bin/pyweave-demo "$@" &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null || true' INT TERM
 rc=0

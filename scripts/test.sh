@@ -33,7 +33,7 @@ fi
 bash scripts/dockerd.sh start
 
 echo "test.sh: test image busybox:latest (built locally from busybox-static if missing)"
-.venv/bin/python -c 'from pyweave.lab import ensure_test_image; ensure_test_image()'
+.venv/bin/python -c 'from pyweave_lab import ensure_test_image; ensure_test_image()'
 
 # Paths given (tests/unit, tests/lab/test_x.py::test_y) replace the default "tests".
 given_path=0

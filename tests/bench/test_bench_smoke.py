@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyweave.lab import ensure_test_image, leftovers
+from pyweave_lab import ensure_test_image, leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 TITLES = [

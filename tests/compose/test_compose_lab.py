@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from pyweave.lab import ensure_test_image
+from pyweave_lab import ensure_test_image
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1500)]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pyweave.lab import Lab, ensure_test_image, leftovers
+from pyweave_lab import Lab, ensure_test_image, leftovers
 
 
 @pytest.fixture(scope="session", autouse=True)

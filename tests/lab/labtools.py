@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from pyweave.lab import Lab
+from pyweave_lab import Lab
 
 
 def wait_for(condition, *, timeout: float, interval: float = 0.05, message: str = "condition"):

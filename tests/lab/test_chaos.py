@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from labtools import RELIABILITY, cpu_seconds, docker, mac_of, ping, ping_loss, record, run_container, wait_for
 from pyweave.host import HostConfig, pid_alive
-from pyweave.lab import Lab, leftovers
+from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from labtools import ping, record, run_container, wait_for
-from pyweave.lab import Lab, leftovers, sh
+from pyweave_lab import Lab, leftovers, sh
 
 pytestmark = pytest.mark.lab
 

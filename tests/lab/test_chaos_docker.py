@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from labtools import docker, mac_of, ping, record, run_container, wait_for
-from pyweave.lab import Lab, leftovers
+from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from labtools import docker, ping, run_container, wait_for
-from pyweave.lab import Lab, leftovers
+from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from labtools import run_container, wait_for
-from pyweave.lab import Lab, leftovers
+from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
 

@@ -10,7 +10,7 @@ import pytest
 
 from labtools import docker, ping, run_container, wait_for
 from pyweave.host import pid_alive
-from pyweave.lab import Lab, leftovers
+from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
 

@@ -126,7 +126,7 @@ class Lab:
         """`ip netns exec HOST pyweave ARGS`, with this lab's state root."""
         h = self.host(host) if isinstance(host, int) else host
         return sh(
-            "ip", "netns", "exec", h.name, sys.executable, "-m", "pyweave.cli", *args,
+            "ip", "netns", "exec", h.name, sys.executable, "-m", "pyweave_cmd.cli", *args,
             check=check, timeout=timeout, env=self.env(),
         )
 

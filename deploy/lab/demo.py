@@ -1,4 +1,4 @@
-"""The tutorial, played on a lab of hosts on this machine: `python -m pyweave.demo` (as root).
+"""The tutorial, played on a lab of hosts on this machine: `pyweave-demo` (as root).
 
 It follows the weave tutorial (seed/weave-tutorial.txt) step by step: launch on the first host, launch
 the others against it, look at the status, run a busybox container on each host in 10.0.0.0/24, look
@@ -7,7 +7,7 @@ host1 on the network and ping the other hosts' containers from host1 itself. Eac
 step is printed as a user would type it on that host (`[host1]$ pyweave launch`), followed by its
 output, indented.
 
-The hosts are network namespaces built by `pyweave.lab.Lab`; `[host2]$ pyweave ...` runs
+The hosts are network namespaces built by `pyweave_lab.Lab`; `[host2]$ pyweave ...` runs
 `ip netns exec <lab>-h2 pyweave ...`. The lab is always removed at the end: on success, on a failed
 step, on Ctrl-C and on SIGTERM. Exit status: 0 when every step worked, 1 otherwise, 130 when
 interrupted. Needs a Docker daemon (`scripts/demo.sh` starts one if none runs).
@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from pyweave.lab import TEST_IMAGE, Lab, LabHost, ensure_test_image, leftovers
+from pyweave_lab import TEST_IMAGE, Lab, LabHost, ensure_test_image, leftovers
 
 INDENT = "    "
 SUBNET_PREFIX = "10.0.0"
@@ -239,7 +239,7 @@ def _docker_answers() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     global _stopping
-    parser = argparse.ArgumentParser(prog="python -m pyweave.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pyweave-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=3, help="number of lab hosts (default 3)")
     args = parser.parse_args(argv)
     if args.hosts < 2:

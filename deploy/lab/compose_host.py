@@ -1,4 +1,3 @@
-#!/opt/pyweave/bin/python
 """The main process of a host of pyweave's compose lab (deploy/docker-compose.yml).
 
 At start: deletes the default route Docker gives the container (the underlay network is internal and
