@@ -18,17 +18,11 @@ import time
 
 from pyroute2 import IPRoute
 
-from dataplane.linux import vxlan_name
-from pyweave.plan import endpoint_value
-from store.cluster import (
-    Cluster,
-    EndpointRecord,
-    HostRecord,
-    encode,
-    endpoint_key,
-    host_key,
-)
+from dataplane.api import vxlan_name
+from store.cluster import Cluster
 from store.etcd import EtcdStore
+from store.keys import endpoint_key, host_key
+from store.records import EndpointRecord, HostRecord, encode, endpoint_value
 
 GHOST_ADDRESS = "198.18.0.250"
 

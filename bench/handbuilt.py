@@ -19,10 +19,9 @@ import os
 import signal
 from collections.abc import Callable
 
-from dataplane.linux import VXLAN_OVERHEAD
-from pyweave_lab import sh
-
 from bench.labsession import LabSession
+from dataplane.api import VXLAN_OVERHEAD
+from pyweave_lab import sh
 
 DIRECT_VNI = 4201
 BRIDGED_VNI = 4202

@@ -23,7 +23,6 @@ one worker process during the burst (threads holding the GIL: where the CPU goes
 from __future__ import annotations
 
 import inspect
-import ipaddress
 import json
 import math
 import os
@@ -39,22 +38,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.linux import Underlay
-from pyweave.agent import Agent
-from pyweave.host import HostConfig, HostState
-from pyweave.plan import plan_host
-from store.cluster import (
-    ROOT,
-    Cluster,
-    ClusterState,
-    attachment_key,
-    encode,
-    host_key,
-    ip_claim_key,
-    member_key,
-)
-from store.etcd import EtcdStore
-
 from bench import plots, profiles
 from bench.context import BenchContext
 from bench.labsession import BenchError
@@ -63,8 +46,18 @@ from bench.procs import CLOCK_TICKS, pid_stat, wait_until
 from bench.report import SectionResult, Table
 from bench.simhost import CapturingStore, FakeRuntime, RecordingDataplane, container_id
 from bench.stats import fmt, median
+from dataplane.api import Underlay
+from pyweave.agent import Agent
+from pyweave.host import HostConfig, HostState
+from pyweave.plan import plan_host
+from store.addresses import OverlayAddress, OverlaySubnet
+from store.cluster import Cluster
+from store.etcd import EtcdStore
+from store.keys import ROOT, attachment_key, host_key, ip_claim_key, member_key
+from store.records import attachment_value, claim_value, encode
+from store.state import ClusterState
 
-SUBNET = ipaddress.IPv4Network("10.64.0.0/16")
+SUBNET = OverlaySubnet("10.64.0.0/16")
 CONVERGE_TARGET_S = 10.0
 GROWTH_LIMIT = 1.25  # "does not grow": per-event CPU at the largest size within 25 % of the smallest
 TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -293,8 +286,8 @@ class Simulation:
         for h, cids in cids_by_host:
             for cid in cids:
                 ip = self._address[cid]
-                puts.append((attachment_key(h.name, cid), json.dumps({"cidrs": [f"{ip}/{SUBNET.prefixlen}"]}).encode()))
-                puts.append((ip_claim_key(SUBNET, ip), json.dumps({"host": h.name, "container": cid}).encode()))
+                puts.append((attachment_key(h.name, cid), attachment_value([OverlayAddress(f"{ip}/{SUBNET.prefixlen}")])))
+                puts.append((ip_claim_key(SUBNET, ip), claim_value(h.name, cid)))
         return puts
 
     def _agent(self, h: SimHost, raw) -> Agent:
@@ -333,9 +326,8 @@ class Simulation:
             if takes_dns:  # as Agent.reconcile calls it
                 kwargs["dns_domain"] = agent.config.dns_domain if getattr(agent.config, "dns", False) else None
             plan = plan_host(state, h.name, containers, {}, **kwargs)
-            agent._publish({}, plan.endpoints)
-            if hasattr(agent, "_publish_dns") and getattr(plan, "dns", None):
-                agent._publish_dns({}, plan.dns)
+            agent.publisher.endpoints({}, plan.endpoints, set())
+            agent.publisher.names({}, plan.dns, set())
             by_lease: dict[int, list] = {}
             for key, value, lease in capture.puts:
                 by_lease.setdefault(lease, []).append((key, value))

@@ -26,11 +26,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from dataplane.linux import Underlay
+from bench.simhost import CountingStore, FakeRuntime, RecordingDataplane, TimedAgent
+from dataplane.api import Underlay
 from pyweave.host import HostConfig, HostState
 from store.etcd import EtcdStore
-
-from bench.simhost import CountingStore, FakeRuntime, RecordingDataplane, TimedAgent
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

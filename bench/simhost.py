@@ -15,13 +15,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from dataplane.linux import LocalPort, PortState, RemoteEntry, host_veth_name
+from dataplane.api import LocalPort, PortState, RemoteEntry, host_veth_name
 from pyweave.agent import Agent
 from pyweave.containers import ContainerInfo
 
 
 class RecordingDataplane:
-    """Implements `pyweave.interfaces.Dataplane` in memory. `set_target` arms a convergence check:
+    """Implements `dataplane.api.Dataplane` in memory. `set_target` arms a convergence check:
     the wall-clock time at which the remote entries of a VNI first number `count` is recorded by
     `sync_remote` itself, in the agent's thread, so detecting it later costs no precision."""
 

@@ -20,97 +20,43 @@ ends, which are reached through `/proc/<pid>/ns/net`.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import ipaddress
 import logging
 import socket
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from dataplane.api import (
+    BRIDGE_PREFIX,
+    VETH_PREFIX,
+    VXLAN_PORT,
+    VXLAN_PREFIX,
+    DataplaneError,
+    LocalPort,
+    PortState,
+    RemoteEntry,
+    Underlay,
+    bridge_name,
+    host_veth_name,
+    vxlan_name,
+)
+from dataplane.host import is_missing, netns_kwargs
+
 log = logging.getLogger(__name__)
 
-BRIDGE_PREFIX = "pwb-"
-VXLAN_PREFIX = "pwx-"
-VETH_PREFIX = "pwv"
 TEMP_PREFIX = "pwt"
 ALIAS_PREFIX = "pyweave "
-VXLAN_PORT = 4789
-VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
-
-
-class DataplaneError(Exception):
-    """A kernel operation failed. `retryable` says whether trying again later may help."""
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-@dataclass(frozen=True)
-class Underlay:
-    ifname: str
-    ifindex: int
-    address: str
-    mtu: int
-
-
-@dataclass(frozen=True)
-class LocalPort:
-    """Desired: one container on one network."""
-
-    container_id: str
-    pid: int
-    vni: int
-    ifname: str  # inside the container
-    mac: str
-    cidrs: tuple[str, ...]
-    mtu: int
-
-
-@dataclass(frozen=True)
-class PortState:
-    """Observed: what the host end's alias says about a port."""
-
-    host_ifname: str
-    container_id: str
-    vni: int
-    ifname: str
-    pid: int
-    mac: str
-    cidrs: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RemoteEntry:
-    mac: str
-    ip: str
-    underlay: str
-
-
-def bridge_name(vni: int) -> str:
-    return f"{BRIDGE_PREFIX}{vni}"
-
-
-def vxlan_name(vni: int) -> str:
-    return f"{VXLAN_PREFIX}{vni}"
-
-
-def host_veth_name(container_id: str, vni: int) -> str:
-    digest = hashlib.sha1(f"{container_id}:{vni}".encode()).hexdigest()
-    return VETH_PREFIX + digest[:12]
 
 
 def _alias(port: LocalPort) -> str:
     return (
         f"{ALIAS_PREFIX}cid={port.container_id} vni={port.vni} if={port.ifname} pid={port.pid} "
-        f"mac={port.mac} addrs={','.join(port.cidrs)}"
+        f"mac={port.mac} addrs={','.join(str(c) for c in port.cidrs)}"
     )
 
 
@@ -126,44 +72,10 @@ def _parse_alias(host_ifname: str, alias: str | None) -> PortState | None:
             ifname=fields["if"],
             pid=int(fields["pid"]),
             mac=fields["mac"],
-            cidrs=tuple(c for c in fields.get("addrs", "").split(",") if c),
+            cidrs=tuple(ipaddress.IPv4Interface(c) for c in fields.get("addrs", "").split(",") if c),
         )
     except (KeyError, ValueError):
         return None
-
-
-def find_underlay(address: str | None = None, *, netns: str | None = None) -> Underlay:
-    """The interface carrying the overlay: the one with `address`, else the default route's, else
-    the first interface with a global IPv4 address that pyweave did not make."""
-    with IPRoute(**_ns(netns)) as ipr:
-        links = {link["index"]: link for link in ipr.get_links()}
-        addrs = [
-            (a["index"], a.get_attr("IFA_ADDRESS"))
-            for a in ipr.get_addr(family=2)
-            if a["scope"] == 0
-        ]
-        candidates = [
-            (idx, ip)
-            for idx, ip in addrs
-            if not links[idx].get_attr("IFLA_IFNAME").startswith((BRIDGE_PREFIX, VXLAN_PREFIX, VETH_PREFIX))
-        ]
-        chosen = None
-        if address:
-            chosen = next(((i, a) for i, a in candidates if a == address), None)
-            if chosen is None:
-                raise DataplaneError(f"no interface here has address {address}", retryable=False)
-        else:
-            default = [r.get_attr("RTA_OIF") for r in ipr.get_default_routes(family=2)]
-            chosen = next(((i, a) for i, a in candidates if i in default), None) or (
-                candidates[0] if candidates else None
-            )
-        if chosen is None:
-            raise DataplaneError(
-                "no IPv4 address found for the underlay; give this host an address first", retryable=False
-            )
-        idx, ip = chosen
-        link = links[idx]
-        return Underlay(link.get_attr("IFLA_IFNAME"), idx, ip, link.get_attr("IFLA_MTU"))
 
 
 def _garp_frame(ip: str, mac: str) -> bytes:
@@ -188,14 +100,6 @@ def _set_sysctl(path: str, value: str) -> None:
         log.warning("cannot set %s=%s: %s", path, value, err)
 
 
-def _ns(netns: str | None) -> dict:
-    return {"netns": netns} if netns else {}
-
-
-def _ignore_missing(err: NetlinkError) -> bool:
-    return err.code in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
-
-
 class LinuxDataplane:
     """Programs the kernel of the host's namespace: the one this process runs in, or `netns`."""
 
@@ -215,7 +119,7 @@ class LinuxDataplane:
         self.mtu = mtu
         self.service_address = service_address
         self.netns = netns
-        self.ipr = IPRoute(**_ns(netns))
+        self.ipr = IPRoute(**netns_kwargs(netns))
 
     def close(self) -> None:
         self.ipr.close()
@@ -226,7 +130,7 @@ class LinuxDataplane:
             found = self.ipr.link_lookup(ifname=ifname)
             return self.ipr.get_links(found[0])[0] if found else None
         except NetlinkError as err:
-            if _ignore_missing(err):
+            if is_missing(err):
                 return None
             raise
 
@@ -325,7 +229,7 @@ class LinuxDataplane:
             self.ipr.link("set", index=idx, master=bridge_idx, mtu=self.mtu, address=self.vtep_mac, state="up")
         return idx
 
-    def ensure_exposed(self, vni: int, *, mac: str, cidrs: Iterable[str], subnet: str | None = None) -> None:
+    def ensure_exposed(self, vni: int, *, mac: str, cidrs: Iterable[ipaddress.IPv4Interface], subnet: str | None = None) -> None:
         """The host's own addresses on network vni live on its bridge (`pyweave expose`).
 
         The bridge gets a fixed MAC so peers can program it like any endpoint, and IPv4
@@ -340,16 +244,7 @@ class LinuxDataplane:
             self.ipr.link("set", index=idx, address=mac)
         _set_sysctl(f"net/ipv4/conf/{name}/forwarding", "0")
         _set_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
-        have = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in self.ipr.get_addr(index=idx, family=2)}
-        want = set(cidrs)
-        for cidr in have - want:
-            iface = ipaddress.IPv4Interface(cidr)
-            log.info("hiding %s on %s", cidr, name)
-            self.ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        for cidr in sorted(want - have):
-            iface = ipaddress.IPv4Interface(cidr)
-            log.info("exposing %s on %s", cidr, name)
-            self.ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        self._sync_addresses(self.ipr, idx, cidrs, what=name)
         if self.service_address and subnet:
             # The way back from the service address to the containers; metric 1024 so that the
             # connected route of an exposed address, when there is one, stays in front.
@@ -375,7 +270,7 @@ class LinuxDataplane:
             if found:
                 self.ipr.link("del", index=found[0])
         except NetlinkError as err:
-            if not _ignore_missing(err):
+            if not is_missing(err):
                 raise
 
     # -- container ports -----------------------------------------------------------------------
@@ -403,7 +298,8 @@ class LinuxDataplane:
 
     def _create_port(self, port: LocalPort, host_name: str, bridge_idx: int) -> None:
         temp = TEMP_PREFIX + host_name[len(VETH_PREFIX):]
-        log.info("creating port %s -> %s:%s %s", host_name, port.container_id[:12], port.ifname, ",".join(port.cidrs))
+        log.info("creating port %s -> %s:%s %s", host_name, port.container_id[:12], port.ifname,
+                 ",".join(str(c) for c in port.cidrs))
         try:
             self.ipr.link(
                 "add",
@@ -428,16 +324,15 @@ class LinuxDataplane:
                         retryable=False,
                     )
                 ns.link("set", index=idx, ifname=port.ifname, address=port.mac, ifalias=_alias(port))
-                for cidr in port.cidrs:
-                    iface = ipaddress.IPv4Interface(cidr)
+                for iface in port.cidrs:
                     ns.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
                 ns.link("set", index=idx, state="up")
                 if self.service_address:
                     ns.route("replace", dst=self.service_address, dst_len=32, oif=idx, scope=253, priority=idx)
             host_idx = self.ipr.link_lookup(ifname=host_name)[0]
             self.ipr.link("set", index=host_idx, master=bridge_idx, ifalias=_alias(port), state="up")
-            for cidr in port.cidrs:
-                self.announce(port.vni, ip=str(ipaddress.IPv4Interface(cidr).ip), mac=port.mac)
+            for iface in port.cidrs:
+                self.announce(port.vni, ip=str(iface.ip), mac=port.mac)
         except (NetlinkError, OSError, DataplaneError) as err:
             self._delete_link(host_name)
             if isinstance(err, DataplaneError):
@@ -449,17 +344,22 @@ class LinuxDataplane:
             found = ns.link_lookup(ifname=port.ifname)
             if not found:
                 raise DataplaneError(f"{port.ifname} vanished from container {port.container_id[:12]}")
-            idx = found[0]
-            have = {
-                f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ns.get_addr(index=idx, family=2)
-            }
-            want = set(port.cidrs)
-            for cidr in have - want:
-                iface = ipaddress.IPv4Interface(cidr)
-                ns.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-            for cidr in sorted(want - have):
-                iface = ipaddress.IPv4Interface(cidr)
-                ns.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            self._sync_addresses(ns, found[0], port.cidrs, what=f"{port.container_id[:12]}:{port.ifname}")
+
+    @staticmethod
+    def _sync_addresses(ipr, index: int, cidrs: Iterable[ipaddress.IPv4Interface], *, what: str) -> None:
+        """Make the IPv4 addresses of interface `index` (in the namespace of `ipr`) exactly `cidrs`."""
+        have = {
+            ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(index=index, family=2)
+        }
+        want = set(cidrs)
+        for iface in have - want:
+            log.info("removing %s from %s", iface, what)
+            ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        for iface in sorted(want - have):
+            log.info("adding %s to %s", iface, what)
+            ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
     def remove_port(self, state: PortState) -> None:
         log.info("removing port %s (container %s vni %d)", state.host_ifname, state.container_id[:12], state.vni)
@@ -528,48 +428,5 @@ class LinuxDataplane:
         try:
             fn(*args, **kwargs)
         except NetlinkError as err:
-            if not _ignore_missing(err):
+            if not is_missing(err):
                 raise
-
-
-def remove_all_owned(*, netns: str | None = None) -> int:
-    """Delete every device pyweave made in this namespace (`pyweave reset`). Returns how many."""
-    removed = 0
-    with IPRoute(**_ns(netns)) as ipr:
-        for prefix in (VETH_PREFIX, VXLAN_PREFIX, BRIDGE_PREFIX):
-            for link in ipr.get_links():
-                if link.get_attr("IFLA_IFNAME").startswith(prefix):
-                    try:
-                        ipr.link("del", index=link["index"])
-                        removed += 1
-                    except NetlinkError as err:
-                        if not _ignore_missing(err):
-                            raise
-    return removed
-
-
-def inventory(*, netns: str | None = None) -> dict[str, int]:
-    """Counts of the objects pyweave owns in this namespace (tests compare them before and after)."""
-    counts = {"bridges": 0, "vxlans": 0, "veths": 0, "fdb": 0, "neigh": 0}
-    with IPRoute(**_ns(netns)) as ipr:
-        for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
-            if name.startswith(BRIDGE_PREFIX):
-                counts["bridges"] += 1
-            elif name.startswith(VXLAN_PREFIX):
-                counts["vxlans"] += 1
-                idx = link["index"]
-                counts["fdb"] += sum(1 for e in ipr.fdb("dump", ifindex=idx) if e.get_attr("NDA_DST"))
-                counts["neigh"] += sum(1 for e in ipr.neigh("dump", ifindex=idx, family=2) if e["ifindex"] == idx)
-            elif name.startswith(VETH_PREFIX):
-                counts["veths"] += 1
-    return counts
-
-
-def ensure_local_address(address: str, *, netns: str | None = None) -> None:
-    """address/32 on the loopback of the host's namespace (the service address)."""
-    with IPRoute(**_ns(netns)) as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
-        have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=lo, family=2)}
-        if address not in have:
-            ipr.addr("add", index=lo, address=address, prefixlen=32)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -123,8 +122,8 @@ class WeaveResolver(BaseResolver):
                     reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(ip), ttl=self.ttl))
             return reply
         if qtype == QTYPE.PTR:
-            ip = reverse_to_ip(qname)
-            names = self.index().by_ip.get(ip or "", [])
+            reversed_ip = reverse_to_ip(qname)
+            names = self.index().by_ip.get(reversed_ip or "", [])
             if names:
                 for name in names:
                     reply.add_answer(RR(request.q.qname, QTYPE.PTR, rdata=PTR(name), ttl=self.ttl))
@@ -136,7 +135,7 @@ class WeaveResolver(BaseResolver):
             try:
                 raw = request.send(upstream, 53, tcp=tcp, timeout=2)
                 return DNSRecord.parse(raw)
-            except (OSError, socket.timeout, Exception) as err:  # noqa: BLE001 - try the next upstream
+            except (TimeoutError, OSError, Exception) as err:  # noqa: BLE001 - try the next upstream
                 log.debug("upstream %s failed: %s", upstream, err)
         reply = request.reply()
         reply.header.rcode = RCODE.SERVFAIL

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from pyweave.agent import Agent
+    from pyweave.agent.stats import AgentStats
+    from pyweave.watcher import StoreWatcher
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,12 @@ DEFAULT_PORT = 6782
 
 
 class AgentCollector:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, stats: AgentStats, watcher: StoreWatcher) -> None:
+        self.stats = stats
+        self.watcher = watcher
 
     def collect(self):
-        a = self.agent
-        stats = a.stats
+        stats = self.stats
         hosts = GaugeMetricFamily("pyweave_hosts", "Hosts known to the store, by state.", labels=["state"])
         for state, count in sorted(stats.hosts_by_state.items()):
             hosts.add_metric([state], count)
@@ -37,7 +38,7 @@ class AgentCollector:
         endpoints.add_metric(["local"], stats.local_endpoints)
         endpoints.add_metric(["remote"], stats.remote_endpoints)
         yield endpoints
-        yield CounterMetricFamily("pyweave_reconcile", "Reconcile runs.", value=a.reconciles)
+        yield CounterMetricFamily("pyweave_reconcile", "Reconcile runs.", value=stats.reconciles)
         yield CounterMetricFamily(
             "pyweave_reconcile_seconds", "Time spent reconciling, in seconds.", value=stats.reconcile_seconds
         )
@@ -45,7 +46,7 @@ class AgentCollector:
         for kind, count in sorted(stats.errors.items()):
             errors.add_metric([kind], count)
         yield errors
-        watch = a.watcher.stats
+        watch = self.watcher.stats
         yield CounterMetricFamily("pyweave_watch_restarts", "Store watches started again after a broken stream.",
                                   value=watch.rewatches)
         yield CounterMetricFamily("pyweave_watch_relists", "Full lists of the store (start, compaction, periodic).",
@@ -55,12 +56,12 @@ class AgentCollector:
         yield GaugeMetricFamily("pyweave_records_invalid", "Records in the store rejected as invalid.",
                                 value=stats.invalid_records)
         yield GaugeMetricFamily("pyweave_store_connected", "1 while the store watch is connected.",
-                                value=1 if a.watcher.connected else 0)
+                                value=1 if self.watcher.connected else 0)
 
 
-def serve(agent: Agent, *, address: str, port: int = DEFAULT_PORT) -> CollectorRegistry | None:
+def serve(stats: AgentStats, watcher: StoreWatcher, *, address: str, port: int = DEFAULT_PORT) -> CollectorRegistry | None:
     registry = CollectorRegistry()
-    registry.register(AgentCollector(agent))
+    registry.register(AgentCollector(stats, watcher))
     try:
         start_http_server(port, addr=address, registry=registry)
     except OSError as err:

@@ -10,22 +10,16 @@ without root, etcd or Docker; the agent applies its result.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dataplane.linux import LocalPort, PortState, RemoteEntry, bridge_name
+from dataplane.api import LocalPort, PortState, RemoteEntry, bridge_name
 from pyweave.containers import ContainerInfo
 from pyweave.dns import names_of
-from store.cluster import (
-    AttachmentRecord,
-    ClusterState,
-    EndpointRecord,
-    Invalid,
-    attachment_key,
-    endpoint_key,
-)
+from store.addresses import OverlayAddress
+from store.keys import attachment_key, endpoint_key
+from store.records import AttachmentRecord, EndpointRecord, Invalid
+from store.state import ClusterState
 
 IFNAME_BASE = "ethwe"
 EXPOSE_REF = "weave:expose"  # the attachment of the host itself (weave's name for it)
@@ -48,24 +42,12 @@ class HostPlan:
     ports: dict[tuple[str, int], LocalPort] = field(default_factory=dict)
     remote: dict[int, set[RemoteEntry]] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
-    exposes: dict[int, tuple[str, ...]] = field(default_factory=dict)  # the host's own addresses
+    exposes: dict[int, tuple[OverlayAddress, ...]] = field(default_factory=dict)  # the host's own addresses
     dns: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # container id -> records
     missing_networks: set[str] = field(default_factory=set)
-    missing_claims: list[tuple[str, str, str]] = field(default_factory=list)  # (cidr, host, container ref)
+    missing_claims: list[tuple[OverlayAddress, str, str]] = field(default_factory=list)  # (cidr, host, container ref)
     gone_containers: list[str] = field(default_factory=list)  # attachment refs whose container was removed
     problems: list[Invalid] = field(default_factory=list)
-
-
-def endpoint_value(rec: EndpointRecord) -> bytes:
-    data = {
-        "ip": rec.ip,
-        "prefixlen": rec.prefixlen,
-        "subnet": rec.subnet,
-        "vni": rec.vni,
-        "mac": rec.mac,
-        "ifname": rec.ifname,
-    }
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _looks_like_full_id(ref: str) -> bool:
@@ -113,32 +95,29 @@ def expose_mac(host: str, vni: int) -> str:
 
 def _resolve(
     plan: HostPlan, state: ClusterState, me: str, ref: str, att: AttachmentRecord
-) -> tuple[list[int], dict[int, list[str]]]:
+) -> tuple[list[int], dict[int, list[OverlayAddress]]]:
     """The attachment's addresses grouped by VNI, in the order the attachment lists them.
     Addresses whose network or claim is missing are queued for the agent to create, and
     addresses held by someone else are reported: neither gets a port yet."""
     key = attachment_key(me, ref)
-    by_vni: dict[int, list[str]] = {}
+    by_vni: dict[int, list[OverlayAddress]] = {}
     order: list[int] = []
     for cidr in att.cidrs:
-        iface = ipaddress.IPv4Interface(cidr)
-        net = state.network_for(iface.network)
+        net = state.network_for(cidr.network)
         if net is None:
-            overlapping = [n.subnet for n in state.networks.values() if n.network.overlaps(iface.network)]
-            if overlapping:
-                plan.problems.append(
-                    Invalid(key, f"address {cidr} overlaps network {overlapping[0]} but is not in it")
-                )
+            other = state.conflicting_network(cidr.network)
+            if other is not None:
+                plan.problems.append(Invalid(key, f"address {cidr} overlaps network {other.subnet} but is not in it"))
             else:
-                plan.missing_networks.add(str(iface.network))
+                plan.missing_networks.add(str(cidr.network))
             continue
-        claim = state.claims.get((net.subnet, str(iface.ip)))
+        claim = state.claims.get((net.subnet, str(cidr.ip)))
         if claim is None:
             plan.missing_claims.append((cidr, me, ref))
             continue
         if (claim.host, claim.container) != (me, ref):
             plan.problems.append(
-                Invalid(key, f"address {iface.ip} is held by container {claim.container[:12]} on host {claim.host}")
+                Invalid(key, f"address {cidr.ip} is held by container {claim.container[:12]} on host {claim.host}")
             )
             continue
         if net.vni not in by_vni:
@@ -148,15 +127,16 @@ def _resolve(
     return order, by_vni
 
 
-def _endpoint_records(plan: HostPlan, me: str, container: str, vni: int, mac: str, ifname: str, cidrs) -> None:
-    subnet = str(ipaddress.IPv4Interface(cidrs[0]).network)
+def _endpoint_records(
+    plan: HostPlan, me: str, container: str, vni: int, mac: str, ifname: str, cidrs: tuple[OverlayAddress, ...]
+) -> None:
+    subnet = str(cidrs[0].network)
     for cidr in cidrs:
-        iface = ipaddress.IPv4Interface(cidr)
         rec = EndpointRecord(
             host=me,
             container=container,
-            ip=str(iface.ip),
-            prefixlen=iface.network.prefixlen,
+            ip=str(cidr.ip),
+            prefixlen=cidr.network.prefixlen,
             subnet=subnet,
             vni=vni,
             mac=mac,

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyweave.backoff import Backoff
-from store.etcd import Compacted, StoreError, WatchBatch
+from store.errors import Compacted, StoreError
+from store.raw import WatchBatch
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """Raw etcd access: keys, revisions, leases, transactions and watches.
 
 This is the lower of the two tiers of `store/` (flannel's registry): it knows nothing of hosts or
-networks, only bytes under keys. Every error of the etcd client (gRPC status codes, the client's own
-exceptions) is translated here, once, into `StoreUnavailable` (retry later) or `Compacted` (re-list),
-so the layers above never import grpc.
+networks, only bytes under keys. The errors that mean "etcd unreachable or too slow" (gRPC status
+codes, the client's connection and timeout exceptions) are translated here, once, into
+`StoreUnavailable` (retry later), and a compacted revision into `Compacted` (re-list), so the layers
+above never import grpc; any other client exception is a bug and passes through unchanged.
 
 Client choice: `etcd-sdk-python` (import name `pyetcd`), the maintained fork of python-etcd3. Same
 API, current protobuf (the original pins protobuf<3.21), and a multi-endpoint client with failover,
@@ -19,91 +20,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 import pyetcd
 from pyetcd import events as etcd_events
 from pyetcd import exceptions as etcd_exceptions
 
+from store.errors import Compacted, StoreError, StoreUnavailable
+from store.raw import Change, KeyValue, WatchBatch, WatchCallback, normalise_endpoints, parse_endpoint
+
 log = logging.getLogger(__name__)
 
-DEFAULT_CLIENT_PORT = 2379
+__all__ = [
+    "Change", "Compacted", "EtcdStore", "KeyValue", "StoreError", "StoreUnavailable", "WatchBatch", "normalise_endpoints",
+    "parse_endpoint",
+]
 
-
-class StoreError(Exception):
-    """Base of the store's errors."""
-
-
-class StoreUnavailable(StoreError):
-    """etcd could not be reached or did not answer in time: retry later."""
-
-    def __init__(self, endpoints: Sequence[str], cause: object = None) -> None:
-        self.endpoints = list(endpoints)
-        detail = f" ({cause})" if cause else ""
-        super().__init__(f"store unreachable at {','.join(self.endpoints)}{detail}")
-
-
-class Compacted(StoreError):
-    """The revision asked for has been compacted away: list again, then watch from there."""
-
-    def __init__(self, compacted_revision: int) -> None:
-        self.compacted_revision = compacted_revision
-        super().__init__(f"revision compacted (oldest available {compacted_revision})")
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: str
-    value: bytes
-    mod_revision: int
-    lease: int
-
-
-@dataclass(frozen=True)
-class Change:
-    """One watch event: `value is None` means the key was deleted."""
-
-    key: str
-    value: bytes | None
-    revision: int
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    """The changes of one watch response and the store revision they bring the watcher to."""
-
-    revision: int
-    changes: tuple[Change, ...]
-
-
-WatchCallback = Callable[[WatchBatch | StoreError], None]
-
-
-def parse_endpoint(url: str) -> tuple[str, int]:
-    """'http://10.0.0.1:2379', '10.0.0.1:2379' or '10.0.0.1' -> (host, port)."""
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    if not parts.hostname:
-        raise ValueError(f"store endpoint {url!r} has no host; use e.g. http://10.0.0.1:2379")
-    return parts.hostname, parts.port or DEFAULT_CLIENT_PORT
-
-
-def normalise_endpoints(urls: Iterable[str]) -> list[str]:
-    out = []
-    for url in urls:
-        for part in url.split(","):
-            if part.strip():
-                host, port = parse_endpoint(part)
-                out.append(f"http://{host}:{port}")
-    if not out:
-        raise ValueError("no store endpoint given; use e.g. --store http://10.0.0.1:2379")
-    return out
 
 
 def _is_retryable(err: BaseException) -> bool:

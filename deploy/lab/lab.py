@@ -145,7 +145,7 @@ class Lab:
             return None
 
     def inventory(self, host: LabHost | int) -> dict[str, int]:
-        out = self.exec(host, sys.executable, "-c", "import json; from dataplane.linux import inventory; print(json.dumps(inventory()))", check=True)
+        out = self.exec(host, sys.executable, "-c", "import json; from dataplane.host import inventory; print(json.dumps(inventory()))", check=True)
         return json.loads(out.stdout)
 
     def etcdctl(self, host: LabHost | int, *args: str, check: bool = True) -> subprocess.CompletedProcess:

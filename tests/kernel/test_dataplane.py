@@ -2,19 +2,13 @@
 
 import subprocess
 import time
+from ipaddress import IPv4Interface
 
 import pytest
 
-from dataplane.linux import (
-    LinuxDataplane,
-    LocalPort,
-    RemoteEntry,
-    bridge_name,
-    find_underlay,
-    inventory,
-    remove_all_owned,
-    vxlan_name,
-)
+from dataplane.api import DataplaneError, LocalPort, RemoteEntry, bridge_name, vxlan_name
+from dataplane.host import find_underlay, inventory, remove_all_owned
+from dataplane.linux import LinuxDataplane
 
 pytestmark = pytest.mark.kernel
 
@@ -65,16 +59,16 @@ def test_port_goes_into_the_container_with_address_mac_and_mtu_idempotently(host
     ns, dp = host
     cns, pid = namespaces("c1", with_pid=True)
     dp.ensure_network(70000)
-    port = LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:55", ("10.0.0.1/24",), 1450)
+    port = LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:55", (IPv4Interface("10.0.0.1/24"),), 1450)
     dp.ensure_port(port)
     dp.ensure_port(port)
     shown = ip(cns, "addr", "show", "ethwe")
     assert "inet 10.0.0.1/24" in shown and "02:11:22:33:44:55" in shown and "mtu 1450" in shown
     assert inventory(netns=ns)["veths"] == 1
-    dp.ensure_port(LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:55", ("10.0.0.1/24", "10.0.0.3/24"), 1450))
+    dp.ensure_port(LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:55", (IPv4Interface("10.0.0.1/24"), IPv4Interface("10.0.0.3/24")), 1450))
     assert "inet 10.0.0.3/24" in ip(cns, "addr", "show", "ethwe")
     ports = dp.ports()
-    assert ports[(CID, 70000)].cidrs == ("10.0.0.1/24", "10.0.0.3/24")
+    assert ports[(CID, 70000)].cidrs == (IPv4Interface("10.0.0.1/24"), IPv4Interface("10.0.0.3/24"))
     dp.remove_port(ports[(CID, 70000)])
     dp.remove_port(ports[(CID, 70000)])  # a missing link is success
     assert "ethwe" not in ip(cns, "link")
@@ -85,10 +79,9 @@ def test_a_name_clash_in_the_container_rolls_back_the_pair(host, namespaces):
     cns, pid = namespaces("c2", with_pid=True)
     ip(cns, "link", "add", "ethwe", "type", "bridge")
     dp.ensure_network(70000)
-    from dataplane.linux import DataplaneError
 
     with pytest.raises(DataplaneError, match="already has an interface named ethwe"):
-        dp.ensure_port(LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:56", ("10.0.0.2/24",), 1450))
+        dp.ensure_port(LocalPort(CID, pid, 70000, "ethwe", "02:11:22:33:44:56", (IPv4Interface("10.0.0.2/24"),), 1450))
     assert inventory(netns=ns)["veths"] == 0
     assert "pwt" not in ip(cns, "link")
 

@@ -1,4 +1,4 @@
-"""Tests for the address and subnet forms users type."""
+"""Tests for the overlay's address and subnet types (store.addresses) and the forms users type (pyweave.cli.forms)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyweave.addressing import (
-    AddressError,
-    EndpointAddress,
-    looks_like_address,
-    parse_endpoint_cidr,
-    parse_subnet,
-    subnets_conflict,
-)
+from pyweave.cli.forms import AddressError, looks_like_address, parse_subnet
+from pyweave.cli.forms import parse_address as parse_endpoint_cidr
+from store.addresses import OverlayAddress, OverlaySubnet
 
 
 @pytest.mark.parametrize(
@@ -34,21 +29,25 @@ from pyweave.addressing import (
 )
 def test_parse_endpoint_cidr(text: str, ip: str, network: str) -> None:
     address = parse_endpoint_cidr(text)
-    assert address == EndpointAddress(ip=IPv4Address(ip), network=IPv4Network(network))
+    assert address.ip == IPv4Address(ip) and address.network == IPv4Network(network)
+    assert address == OverlayAddress(f"{ip}/{IPv4Network(network).prefixlen}")
+    assert isinstance(address.network, OverlaySubnet)
     assert address.cidr == f"{ip}/{IPv4Network(network).prefixlen}"
     assert str(address) == address.cidr
 
 
-def test_endpoint_address_is_frozen_and_hashable() -> None:
+def test_address_is_hashable_and_equal_to_the_standard_type() -> None:
     address = parse_endpoint_cidr("10.0.0.1/24")
-    with pytest.raises(AttributeError):
-        address.ip = IPv4Address("10.0.0.2")  # type: ignore[misc]
     assert len({address, parse_endpoint_cidr("ip:10.0.0.1/24")}) == 1
+    assert address == ipaddress.IPv4Interface("10.0.0.1/24")
+    assert hash(address) == hash(ipaddress.IPv4Interface("10.0.0.1/24"))
 
 
-def test_endpoint_address_must_be_inside_its_network() -> None:
-    with pytest.raises(ValueError):
-        EndpointAddress(ip=IPv4Address("10.0.1.1"), network=IPv4Network("10.0.0.0/24"))
+def test_the_types_apply_the_rules_to_whatever_reaches_them() -> None:
+    with pytest.raises(AddressError):
+        OverlayAddress(ipaddress.IPv4Interface("127.0.0.2/8"))
+    with pytest.raises(AddressError):
+        OverlaySubnet(ipaddress.IPv4Network("10.0.0.0/31"))
 
 
 @pytest.mark.parametrize(
@@ -296,5 +295,5 @@ def test_bad_subnet(text: str, fragment: str) -> None:
     ],
 )
 def test_subnets_conflict(a: str, b: str, conflict: bool) -> None:
-    assert subnets_conflict(ipaddress.IPv4Network(a), ipaddress.IPv4Network(b)) is conflict
-    assert subnets_conflict(ipaddress.IPv4Network(b), ipaddress.IPv4Network(a)) is conflict
+    assert OverlaySubnet(a).conflicts(ipaddress.IPv4Network(b)) is conflict
+    assert OverlaySubnet(b).conflicts(ipaddress.IPv4Network(a)) is conflict

@@ -3,7 +3,8 @@
 import pytest
 from typer.testing import CliRunner
 
-from pyweave.cli import _render_peers, _render_status, app
+from pyweave.cli import app
+from pyweave.cli.status import _render_peers, _render_status
 
 COMMANDS = [
     ["launch"], ["stop"], ["reset"], ["status"], ["status", "peers"], ["status", "ipam"], ["run"], ["attach"],

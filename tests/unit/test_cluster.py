@@ -1,50 +1,43 @@
 """The domain tier against the in-memory store: schema validation, VNI and address transactions."""
 
-import ipaddress
 import json
 
 import pytest
 
-from store.cluster import (
-    AddressInUse,
-    Cluster,
-    ClusterState,
-    SubnetConflict,
-    attachment_key,
-    endpoint_key,
-    host_key,
-    ip_claim_key,
-    network_key,
-)
+from store.addresses import OverlayAddress, OverlaySubnet
+from store.cluster import Cluster
+from store.errors import AddressInUse, SubnetConflict
+from store.keys import attachment_key, endpoint_key, host_key, ip_claim_key, network_key
 from store.memory import MemoryStore
+from store.state import ClusterState
 
 HOST = {"name": "a", "address": "198.18.0.1", "vtep_mac": "02:00:00:00:00:01", "mtu": 1450}
 
 
-def iface(text: str) -> ipaddress.IPv4Interface:
-    return ipaddress.IPv4Interface(text)
+def iface(text: str) -> OverlayAddress:
+    return OverlayAddress(text)
 
 
 def test_ensure_network_allocates_distinct_vnis_and_reuses_existing():
     cluster = Cluster(MemoryStore())
-    a = cluster.ensure_network(ipaddress.IPv4Network("10.0.0.0/24"))
-    b = cluster.ensure_network(ipaddress.IPv4Network("10.10.0.0/24"))
-    again = cluster.ensure_network(ipaddress.IPv4Network("10.0.0.0/24"))
+    a = cluster.ensure_network(OverlaySubnet("10.0.0.0/24"))
+    b = cluster.ensure_network(OverlaySubnet("10.10.0.0/24"))
+    again = cluster.ensure_network(OverlaySubnet("10.0.0.0/24"))
     assert a.vni != b.vni
     assert again == a
 
 
 def test_overlapping_subnet_is_refused_with_both_named():
     cluster = Cluster(MemoryStore())
-    cluster.ensure_network(ipaddress.IPv4Network("10.0.0.0/24"))
+    cluster.ensure_network(OverlaySubnet("10.0.0.0/24"))
     with pytest.raises(SubnetConflict, match=r"10\.0\.0\.0/16 overlaps existing network 10\.0\.0\.0/24"):
-        cluster.ensure_network(ipaddress.IPv4Network("10.0.0.0/16"))
+        cluster.ensure_network(OverlaySubnet("10.0.0.0/16"))
 
 
 def test_attach_claims_addresses_and_refuses_a_second_holder():
     raw = MemoryStore()
     cluster = Cluster(raw)
-    assert cluster.attach("a", "c1", [iface("10.0.0.1/24")]) == ["10.0.0.1/24"]
+    assert cluster.attach("a", "c1", [iface("10.0.0.1/24")]) == [iface("10.0.0.1/24")]
     assert cluster.attach("a", "c1", [iface("10.0.0.1/24")]) == []  # idempotent
     with pytest.raises(AddressInUse, match="held by container c1 on host a"):
         cluster.attach("b", "c2", [iface("10.0.0.1/24")])
@@ -55,10 +48,10 @@ def test_detach_releases_claims_and_removes_empty_attachment():
     raw = MemoryStore()
     cluster = Cluster(raw)
     cluster.attach("a", "c1", [iface("10.0.0.1/24"), iface("10.10.0.1/24")])
-    assert cluster.detach("a", "c1", [iface("10.0.0.1/24")]) == ["10.0.0.1/24"]
+    assert cluster.detach("a", "c1", [iface("10.0.0.1/24")]) == [iface("10.0.0.1/24")]
     assert raw.get(ip_claim_key("10.0.0.0/24", "10.0.0.1")) is None
     assert json.loads(raw.get(attachment_key("a", "c1")).value) == {"cidrs": ["10.10.0.1/24"]}
-    assert cluster.detach("a", "c1", None) == ["10.10.0.1/24"]
+    assert cluster.detach("a", "c1", None) == [iface("10.10.0.1/24")]
     assert raw.get(attachment_key("a", "c1")) is None
 
 
@@ -77,9 +70,9 @@ def test_claim_for_a_hand_written_attachment():
         (host_key("a"), json.dumps({**HOST, "mtu": "big"}).encode(), 'field "mtu" must be int'),
         (host_key("a"), json.dumps({**HOST, "name": "b"}).encode(), "names host 'a'"),
         (network_key("10.0.0.0/24"), b'{"subnet": "10.0.0.0/24", "vni": true}', 'field "vni" must be int'),
-        (network_key("10.0.0.0/24"), b'{"subnet": "10.0.0.1/24", "vni": 7}', "zero host bits"),
-        (attachment_key("a", "c1"), b'{"cidrs": ["10.0.0.0/24"]}', "network or broadcast"),
-        (attachment_key("a", "c1"), b'{"cidrs": ["10.0.0.1"]}', "needs a prefix length"),
+        (network_key("10.0.0.0/24"), b'{"subnet": "10.0.0.1/24", "vni": 7}', "has host bits set"),
+        (attachment_key("a", "c1"), b'{"cidrs": ["10.0.0.0/24"]}', "is the network address"),
+        (attachment_key("a", "c1"), b'{"cidrs": ["10.0.0.1"]}', "has no prefix length"),
         (attachment_key("a", "c1"), b'{"cidrs": "10.0.0.1/24"}', 'field "cidrs" must be list'),
         ("/pyweave/v1/whatever/x", b"{}", "unknown key"),
     ],

@@ -1,11 +1,13 @@
 """plan_host: the desired kernel state of one host, from a snapshot and Docker's answers."""
 
 import json
+from ipaddress import IPv4Interface
 
-from dataplane.linux import PortState, RemoteEntry
+from dataplane.api import PortState, RemoteEntry
 from pyweave.containers import ContainerInfo
 from pyweave.plan import container_mac, plan_host
-from store.cluster import ClusterState, attachment_key, endpoint_key, host_key, ip_claim_key, network_key
+from store.keys import attachment_key, endpoint_key, host_key, ip_claim_key, network_key
+from store.state import ClusterState
 
 CID = "a" * 64
 
@@ -50,7 +52,7 @@ def test_local_port_and_remote_entries_of_the_same_network_only():
     plan = plan_host(ClusterState.from_items(items), "a", {CID: running()}, {}, mtu=1450)
     assert plan.vnis == {70000}
     port = plan.ports[(CID, 70000)]
-    assert (port.ifname, port.cidrs, port.pid, port.mtu) == ("ethwe", ("10.0.0.1/24",), 42, 1450)
+    assert (port.ifname, port.cidrs, port.pid, port.mtu) == ("ethwe", (IPv4Interface("10.0.0.1/24"),), 42, 1450)
     assert port.mac == container_mac(CID, 70000)
     assert plan.remote == {70000: {RemoteEntry("02:00:00:00:00:02", "10.0.0.2", "198.18.0.2")}}
     assert list(plan.endpoints) == [endpoint_key("a", CID, "10.0.0.1")]
@@ -75,7 +77,7 @@ def test_hand_written_attachment_asks_for_network_and_claim():
     assert plan.missing_networks == {"10.5.0.0/24"}
     items.append(network("10.5.0.0/24", 70005))
     plan = plan_host(ClusterState.from_items(items), "a", {"web": running()}, {}, mtu=1450)
-    assert plan.missing_claims == [("10.5.0.5/24", "a", "web")]
+    assert plan.missing_claims == [(IPv4Interface("10.5.0.5/24"), "a", "web")]
     assert not plan.ports
 
 

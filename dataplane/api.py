@@ -1,0 +1,104 @@
+"""The dataplane's seam: what the agent asks of a host's kernel, and the values it passes.
+
+No kernel imports here: the pure planner (`pyweave.plan`) and the agent's tests build these values
+without pyroute2. `dataplane.linux.LinuxDataplane` is the real implementation; tests and the
+control-plane benchmark plug in recording ones.
+
+Names are the contract with the kernel: one network = one VNI = bridge `pwb-<vni>` + VXLAN device
+`pwx-<vni>`; a container's port is the veth `pwv<hash>` whose peer is `ethwe` in the container. The
+agent recognises what it owns by these prefixes (and the veth's alias), so it can garbage-collect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from typing import Protocol
+
+BRIDGE_PREFIX = "pwb-"
+VXLAN_PREFIX = "pwx-"
+VETH_PREFIX = "pwv"
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+OWNED_PREFIXES = (BRIDGE_PREFIX, VXLAN_PREFIX, VETH_PREFIX)
+
+
+class DataplaneError(Exception):
+    """A kernel operation failed. `retryable`: whether trying the same again later may help (a
+    missing bridge will be there after the next pass; a name already taken in a container will not)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Underlay:
+    ifname: str
+    ifindex: int
+    address: str
+    mtu: int
+
+
+@dataclass(frozen=True)
+class LocalPort:
+    """Desired: one container on one network."""
+
+    container_id: str
+    pid: int
+    vni: int
+    ifname: str  # inside the container
+    mac: str
+    cidrs: tuple[IPv4Interface, ...]
+    mtu: int
+
+
+@dataclass(frozen=True)
+class PortState:
+    """Observed: what the host end's alias says about a port."""
+
+    host_ifname: str
+    container_id: str
+    vni: int
+    ifname: str
+    pid: int
+    mac: str
+    cidrs: tuple[IPv4Interface, ...]
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """A remote endpoint: its MAC and IP, and the underlay address of the host that has it."""
+
+    mac: str
+    ip: str
+    underlay: str
+
+
+def bridge_name(vni: int) -> str:
+    return f"{BRIDGE_PREFIX}{vni}"
+
+
+def vxlan_name(vni: int) -> str:
+    return f"{VXLAN_PREFIX}{vni}"
+
+
+def host_veth_name(container_id: str, vni: int) -> str:
+    digest = hashlib.sha1(f"{container_id}:{vni}".encode()).hexdigest()
+    return VETH_PREFIX + digest[:12]
+
+
+class Dataplane(Protocol):
+    """One host's kernel, as the agent drives it. Every method is idempotent."""
+
+    def networks(self) -> set[int]: ...
+    def ports(self) -> dict[tuple[str, int], PortState]: ...
+    def ensure_network(self, vni: int) -> None: ...
+    def remove_network(self, vni: int) -> None: ...
+    def ensure_exposed(self, vni: int, *, mac: str, cidrs: Iterable[IPv4Interface], subnet: str | None = None) -> None: ...
+    def ensure_port(self, port: LocalPort) -> None: ...
+    def remove_port(self, state: PortState) -> None: ...
+    def sync_remote(self, vni: int, entries: Iterable[RemoteEntry]) -> int: ...
+    def close(self) -> None: ...

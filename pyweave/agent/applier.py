@@ -1,0 +1,105 @@
+"""The kernel applier: makes the host's kernel match a plan, touching only what changed.
+
+It remembers what it last applied per object (a network's exposed addresses, a port, a network's
+remote entries). Between full resyncs an object whose desired state did not change is trusted, so an
+event costs kernel work for what it changed, not for the size of the cluster; a full resync (`forget`)
+re-checks everything and repairs what someone deleted by hand. A port whose creation failed with a
+permanent error (`DataplaneError.retryable` false, e.g. the interface name is taken in the container)
+is not tried again until its desired state changes; it is reported as a problem meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dataplane.api import Dataplane, DataplaneError, LocalPort, PortState
+from pyweave.plan import HostPlan, expose_mac
+from store import keys
+from store.records import Invalid, NetworkRecord
+
+log = logging.getLogger("pyweave.agent")
+
+
+@dataclass
+class Applied:
+    """The outcome of one pass: problems to report, and containers whose port failed."""
+
+    problems: list[Invalid] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)
+
+
+class KernelApplier:
+    def __init__(self, dataplane: Dataplane, *, me: str) -> None:
+        self.dataplane = dataplane
+        self.me = me
+        self._applied: dict[tuple, object] = {}
+        self._refused: dict[tuple[str, int], tuple[LocalPort, str]] = {}  # permanent failures
+
+    def forget(self) -> None:
+        """Trust nothing: the next pass re-reads and re-checks every object (full resync)."""
+        self._applied.clear()
+
+    def apply(
+        self,
+        plan: HostPlan,
+        existing: Mapping[tuple[str, int], PortState],
+        owners: Mapping[int, NetworkRecord],
+        *,
+        docker_ok: bool,
+        frozen: set[str],
+    ) -> Applied:
+        """Networks first (ports join their bridges), then ports, then remote entries; networks no
+        port needs any more go last. Without Docker, local ports are kept exactly as they are."""
+        out = Applied()
+        for vni in sorted(plan.vnis):
+            net = owners.get(vni)
+            want = (expose_mac(self.me, vni), plan.exposes.get(vni, ()), net.subnet if net else None)
+            if self._applied.get(("net", vni)) != want:
+                self.dataplane.ensure_network(vni)
+                self.dataplane.ensure_exposed(vni, mac=want[0], cidrs=want[1], subnet=want[2])
+                self._applied[("net", vni)] = want
+        if docker_ok:
+            self._apply_ports(plan, existing, frozen, out)
+        for vni in sorted(plan.vnis):
+            remote = frozenset(plan.remote.get(vni, set()))
+            if self._applied.get(("remote", vni)) != remote:
+                self.dataplane.sync_remote(vni, remote)
+                self._applied[("remote", vni)] = remote
+        if docker_ok:
+            kept = plan.vnis | {vni for (cid, vni) in existing if (cid, vni) in plan.ports or cid in frozen}
+            for vni in self.dataplane.networks() - kept:
+                self.dataplane.remove_network(vni)
+                for kind in ("net", "remote"):
+                    self._applied.pop((kind, vni), None)
+        return out
+
+    def _apply_ports(
+        self, plan: HostPlan, existing: Mapping[tuple[str, int], PortState], frozen: set[str], out: Applied
+    ) -> None:
+        for key, port in plan.ports.items():
+            if key in existing and self._applied.get(("port", key)) == port:
+                continue
+            refused = self._refused.get(key)
+            if refused is not None and refused[0] == port:
+                self._problem(out, port, refused[1])
+                continue
+            try:
+                self.dataplane.ensure_port(port)
+                self._applied[("port", key)] = port
+                self._refused.pop(key, None)
+            except DataplaneError as err:
+                if not err.retryable:
+                    self._refused[key] = (port, str(err))
+                self._problem(out, port, str(err))
+        for key, port_state in existing.items():
+            if key not in plan.ports and port_state.container_id not in frozen:
+                self.dataplane.remove_port(port_state)
+                self._applied.pop(("port", key), None)
+        for key in [k for k in self._refused if k not in plan.ports]:
+            del self._refused[key]
+
+    def _problem(self, out: Applied, port: LocalPort, problem: str) -> None:
+        out.problems.append(Invalid(keys.attachment_key(self.me, port.container_id), problem))
+        out.failed.add(port.container_id)

@@ -1,0 +1,263 @@
+"""The per-host agent: a thin loop over named roles.
+
+    watcher (store mirror) ─┐                      ┌─ KernelApplier ── kernel (dataplane)
+    DockerView (events) ────┼─ wake ─ reconcile ───┼─ Publisher ────── observed records
+    LeaseKeeper (lease) ────┘     plan_host (pure) └─ Janitor ──────── desired-state repairs
+
+Threads, each a thin loop with the agent's stop event: the store watcher (list, then watch), the
+Docker event follower, the lease keep-alive. They only wake the loop, which owns every decision:
+one pass reads the mirror, asks Docker about this host's containers, plans (`pyweave.plan`, pure),
+then hands the plan to the roles. A pass runs on every change and at least every `resync_interval`
+seconds, and every such period one pass is full (the applier trusts nothing), even under continuous
+churn. Running a pass twice changes nothing. It never flushes working state because the store is
+unreachable or Docker is unavailable: it then keeps what the kernel has and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from dataplane.api import VXLAN_OVERHEAD, Dataplane, DataplaneError, Underlay
+from pyweave.agent.applier import KernelApplier
+from pyweave.agent.docker_view import DockerView
+from pyweave.agent.janitor import Janitor
+from pyweave.agent.lease import LeaseKeeper
+from pyweave.agent.publisher import Publisher
+from pyweave.agent.stats import AgentStats
+from pyweave.backoff import Backoff
+from pyweave.containers import ContainerError, ContainerInfo, ContainerRuntime
+from pyweave.dns import SERVICE_ADDRESS, DnsIndex, DnsService
+from pyweave.host import HostConfig, HostState
+from pyweave.plan import EXPOSE_REF, HostPlan, plan_host
+from pyweave.watcher import StoreWatcher
+from store import keys
+from store.cluster import Cluster
+from store.errors import ClusterError, StoreError
+from store.records import HostRecord, Invalid
+from store.state import ClusterState
+
+log = logging.getLogger("pyweave.agent")
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        config: HostConfig,
+        state: HostState,
+        raw,
+        underlay: Underlay | None = None,
+        dataplane: Dataplane | None = None,
+        containers: ContainerRuntime | None = None,
+    ) -> None:
+        """The kernel and Docker sides can be replaced (the control-plane benchmark runs hundreds
+        of agents in one process with a dataplane that records instead of programming)."""
+        self.config = config
+        self.state = state
+        self.raw = raw
+        self.me = config.name
+        if underlay is None:
+            from dataplane.host import find_underlay
+
+            underlay = find_underlay(config.address)
+        self.underlay = underlay
+        self.mtu = config.mtu or (underlay.mtu - VXLAN_OVERHEAD)
+        if dataplane is None:
+            from dataplane.linux import LinuxDataplane
+
+            dataplane = LinuxDataplane(
+                underlay=underlay, vtep_mac=config.vtep_mac, mtu=self.mtu,
+                service_address=SERVICE_ADDRESS if config.dns else None,
+            )
+        if containers is None:
+            from pyweave.docker_runtime import Containers
+
+            containers = Containers()
+        self.dataplane = dataplane
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._full = threading.Event()
+        self._last_full = 0.0
+        self.stats = AgentStats()
+        self.dns_index = DnsIndex()
+        self.dns_service: DnsService | None = None
+        self._parse_cache: dict = {}
+
+        self.watcher = StoreWatcher(raw, keys.ROOT, self.wake)
+        self.docker = DockerView(containers, self.wake)
+        self.lease_keeper = LeaseKeeper(
+            raw, state, me=self.me, address=underlay.address, vtep_mac=config.vtep_mac, mtu=self.mtu,
+            ttl=config.lease_ttl, stop=self.stop_event, on_renewed=lambda: self.wake(full=True),
+        )
+        self.applier = KernelApplier(dataplane, me=self.me)
+        self.publisher = Publisher(raw, me=self.me, lease=lambda: self.lease_keeper.lease)
+        self.cluster = Cluster(raw)
+        self.janitor = Janitor(self.cluster, me=self.me, dead_check_interval=min(2.0, config.resync_interval))
+
+    # -- wiring --------------------------------------------------------------------------------
+    @property
+    def lease(self) -> int:
+        return self.lease_keeper.lease
+
+    @lease.setter
+    def lease(self, value: int) -> None:
+        self.lease_keeper.lease = value
+
+    @property
+    def reconciles(self) -> int:
+        return self.stats.reconciles
+
+    def host_record(self, state: str = "alive") -> HostRecord:
+        return self.lease_keeper.host_record(state)
+
+    def wake(self, *, full: bool = False) -> None:
+        if full:
+            self._full.set()
+        self._wake.set()
+
+    def register(self) -> None:
+        self.lease_keeper.register()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Register, start the threads, then reconcile until stopped; then shut down gracefully."""
+        self.register()
+        threads = [
+            threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watch", daemon=True),
+            threading.Thread(target=self.docker.follow, args=(self.stop_event,), name="docker-events", daemon=True),
+            threading.Thread(target=self.lease_keeper.run, name="keepalive", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        self.watcher.wait_synced(timeout=30)
+        if self.state.dir.is_dir():
+            self.state.dir.joinpath("ready").write_text(str(self._pid()))
+        backoff = Backoff(initial=0.1, cap=1.0)
+        while not self.stop_event.is_set():
+            self._wake.wait(timeout=self.config.resync_interval)
+            if self.stop_event.is_set():
+                break
+            # A full pass when asked, when nothing happened for a whole period, and at least once
+            # a period under continuous churn, so repairs happen even when the store never rests.
+            now = time.monotonic()
+            full = self._full.is_set() or not self._wake.is_set() or now - self._last_full >= self.config.resync_interval
+            self._wake.clear()
+            self._full.clear()
+            started = now
+            try:
+                self.reconcile(full=full)
+                backoff.reset()
+            except (StoreError, DataplaneError, ContainerError, ClusterError) as err:
+                self.stats.error(type(err).__name__)
+                log.warning("reconcile failed, will retry: %s", err)
+                self.stop_event.wait(backoff.next())
+                self._wake.set()
+            except Exception:  # noqa: BLE001 - the agent must outlive any one bad reconcile
+                self.stats.error("crash")
+                log.exception("reconcile crashed, will retry")
+                self.stop_event.wait(backoff.next())
+                self._wake.set()
+            finally:
+                self.stats.reconcile_seconds += time.monotonic() - started
+        self.shutdown()
+
+    @staticmethod
+    def _pid() -> int:
+        import os
+
+        return os.getpid()
+
+    def reconcile(self, *, full: bool = True) -> HostPlan | None:
+        """One pass. `full` re-reads and re-checks every kernel object (the periodic resync,
+        which repairs what someone deleted by hand); otherwise objects whose desired state is
+        unchanged since they were last applied are trusted, so an event costs work for what it
+        changed, not for the size of the cluster."""
+        items, revision = self.watcher.snapshot()
+        if revision == 0:
+            return None
+        if full:
+            self.applier.forget()
+            self.docker.forget()
+            self._last_full = time.monotonic()
+        state = ClusterState.from_items(((k, v) for k, (v, _lease) in items.items()), cache=self._parse_cache)
+        self.janitor.release_destroyed(state, self.docker.take_destroyed())
+
+        existing = self.dataplane.ports()
+        containers, docker_ok = self._containers(state)
+        plan = plan_host(
+            state, self.me, containers, existing, mtu=self.mtu,
+            dns_domain=self.config.dns_domain if self.config.dns else None,
+        )
+        self.dns_index = DnsIndex.from_records(r for recs in state.dns.values() for r in recs.records)
+
+        # An invalid value written over a working attachment must not detach the container:
+        # its ports and records stay frozen as they are until the value is fixed or deleted.
+        mine = keys.attachment_key(self.me, "")
+        frozen_refs = {inv.key[len(mine):] for inv in state.invalid if inv.key.startswith(mine)}
+        frozen: set[str] = set()
+        if docker_ok:
+            for ref in frozen_refs:
+                info = self.docker.container(ref) if ref != EXPOSE_REF else None
+                frozen.add(info.id if info else ref)
+
+        if self.janitor.fix_desired(plan):
+            self.wake()  # the writes come back through the watch; plan again then
+        self.janitor.release_unclaimed(state, revision, frozen_refs)
+
+        applied = self.applier.apply(plan, existing, state.vni_owner(), docker_ok=docker_ok, frozen=frozen)
+        if docker_ok:
+            endpoints = {k: v for k, v in plan.endpoints.items() if v.container not in applied.failed}
+            self.publisher.endpoints(items, endpoints, frozen)
+            self.publisher.names(items, {c: r for c, r in plan.dns.items() if c not in applied.failed}, frozen)
+        self.janitor.collect_dead_hosts(state)
+        problems = list(state.invalid) + list(plan.problems) + applied.problems
+        self.publisher.progress(revision, problems)
+        self._count(state, plan, problems)
+        return plan
+
+    def _containers(self, state: ClusterState) -> tuple[dict[str, ContainerInfo | None], bool]:
+        """What Docker says of the containers in this host's attachments; (.., False) if it is down."""
+        refs = [ref for (host, ref) in state.attachments if host == self.me and ref != EXPOSE_REF]
+        try:
+            return {ref: self.docker.container(ref) for ref in refs}, True
+        except ContainerError as err:
+            log.warning("docker unavailable, keeping local ports as they are: %s", err)
+            return {}, False
+
+    def _count(self, state: ClusterState, plan: HostPlan, problems: list[Invalid]) -> None:
+        by_state: dict[str, int] = {}
+        for name in set(state.members) | set(state.hosts):
+            rec = state.hosts.get(name)
+            st = "dead" if rec is None else rec.state
+            by_state[st] = by_state.get(st, 0) + 1
+        s = self.stats
+        s.hosts_by_state = by_state
+        s.peers_alive = sum(1 for h, r in state.hosts.items() if r.state == "alive" and h != self.me)
+        s.local_endpoints = sum(len(p.cidrs) for p in plan.ports.values())
+        s.remote_endpoints = sum(len(v) for v in plan.remote.values())
+        s.invalid_records = len(state.invalid)
+        s.reconciles += 1
+
+    def shutdown(self, *, deadline: float = 1.5) -> None:
+        """Graceful stop: keep the kernel as it is, and unbind this host's records from the lease
+        so peers keep talking to its containers until it is launched again or reset. Bounded in
+        time: with the store unreachable, the records simply expire with the lease."""
+
+        def unbind() -> None:
+            try:
+                items, _ = self.watcher.snapshot()
+                self.lease_keeper.unbind(self.publisher.own_records(items))
+            except StoreError as err:
+                log.warning("could not mark host stopped (store unreachable): %s", err)
+
+        worker = threading.Thread(target=unbind, name="unbind", daemon=True)
+        worker.start()
+        worker.join(deadline)
+        if worker.is_alive():
+            log.warning("store too slow to mark host stopped; its records expire with the lease")
+        if self.dns_service is not None:
+            self.dns_service.stop()
+        self.dataplane.close()
+        log.info("agent stopped host=%s", self.me)

@@ -1,0 +1,83 @@
+"""The agent's process (`pyweave-agent`, started by `pyweave launch`): logging, services, signals.
+
+The services that face this host's containers and operators, DNS and metrics, start here rather
+than in `Agent`, so that agents run in-process by tests and the control-plane benchmark start none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from pyweave.agent.loop import Agent
+from pyweave.host import HostState
+
+log = logging.getLogger("pyweave.agent")
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        msg = record.getMessage().replace("\n", " ")
+        line = f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
+        if record.exc_info:
+            line += " exc=" + json.dumps(self.formatException(record.exc_info))
+        return line
+
+
+def start_dns(agent: Agent) -> None:
+    """weaveDNS at the service address on this host's loopback, answering from the agent's index."""
+    from dataplane.host import ensure_local_address
+    from pyweave.dns import SERVICE_ADDRESS, DnsService, WeaveResolver, upstream_servers
+
+    try:
+        ensure_local_address(SERVICE_ADDRESS)
+        resolver = WeaveResolver(lambda: agent.dns_index, domain=agent.config.dns_domain, upstreams=upstream_servers())
+        agent.dns_service = DnsService(resolver, address=SERVICE_ADDRESS)
+        agent.dns_service.start()
+        log.info("dns serving domain=%s address=%s upstreams=%s", agent.config.dns_domain, SERVICE_ADDRESS,
+                 resolver.upstreams)
+    except OSError as err:
+        log.error("dns not started: %s", err)
+
+
+def main() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter())
+    logging.basicConfig(level=os.environ.get("PYWEAVE_LOG_LEVEL", "INFO"), handlers=[handler])
+    state = HostState()
+    config = state.load()
+    if config is None:
+        sys.exit("pyweave agent: this host was never launched; run `pyweave launch`")
+    state.agent_pid_path.write_text(str(os.getpid()))
+    from store.etcd import EtcdStore
+
+    agent = Agent(config=config, state=state, raw=EtcdStore(config.store, timeout=2.0))
+    if config.dns:
+        start_dns(agent)
+    if config.metrics_port:
+        from pyweave.metrics import serve
+
+        serve(agent.stats, agent.watcher, address=agent.underlay.address, port=config.metrics_port)
+
+    agent_pid = os.getpid()
+
+    def on_signal(signum, _frame) -> None:
+        if os.getpid() != agent_pid:
+            # pyroute2's NetNS forks a helper that inherits this handler; it is told to stop with
+            # SIGTERM and must simply go.
+            os._exit(0)
+        log.info("signal %d: stopping", signum)
+        agent.stop_event.set()
+        agent.wake()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Test hooks: hold the store watch (SIGUSR1) and let it catch up (SIGUSR2), e.g. across a compaction.
+    signal.signal(signal.SIGUSR1, lambda *_: agent.watcher.pause())
+    signal.signal(signal.SIGUSR2, lambda *_: agent.watcher.resume())
+    agent.run()

@@ -1,0 +1,64 @@
+"""The publisher: writes this host's observed records (endpoints, names, progress) into the store.
+
+It compares with the agent's mirror of the store and writes only what differs (a value, or the lease
+it is bound to), so a quiet pass writes nothing. Records of a frozen attachment (an invalid value
+written over a working one) are left as they are until the value is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from store import keys
+from store.records import EndpointRecord, Invalid, dns_value, endpoint_value, progress_value
+
+log = logging.getLogger("pyweave.agent")
+
+Mirror = Mapping[str, tuple[bytes, int]]  # key -> (value, lease), as the watcher holds it
+
+
+class Publisher:
+    def __init__(self, raw, *, me: str, lease: Callable[[], int]) -> None:
+        self.raw = raw
+        self.me = me
+        self._lease = lease
+        self._last_progress = b""
+        self._reported: set[Invalid] = set()
+
+    def _sync(self, mirror: Mirror, prefix: str, want: Mapping[str, bytes], frozen: set[str], what: str) -> None:
+        lease = self._lease()
+        for key, value in want.items():
+            have = mirror.get(key)
+            if have is None or have[0] != value or have[1] != lease:
+                log.info("publishing %s %s", what, key[len(prefix):])
+                self.raw.put(key, value, lease=lease)
+        for key in mirror:
+            if key.startswith(prefix) and key not in want and key[len(prefix):].split("/")[0] not in frozen:
+                log.info("withdrawing %s %s", what, key[len(prefix):])
+                self.raw.delete(key)
+
+    def endpoints(self, mirror: Mirror, records: Mapping[str, EndpointRecord], frozen: set[str]) -> None:
+        want = {key: endpoint_value(rec) for key, rec in records.items()}
+        self._sync(mirror, keys.endpoint_prefix(self.me), want, frozen, "endpoint")
+
+    def names(self, mirror: Mirror, records: Mapping[str, tuple[tuple[str, str], ...]], frozen: set[str]) -> None:
+        want = {keys.dns_key(self.me, cid): dns_value(recs) for cid, recs in records.items()}
+        self._sync(mirror, keys.dns_prefix(self.me), want, frozen, "names of")
+
+    def progress(self, revision: int, problems: list[Invalid]) -> None:
+        """The revision applied and the problems found; written only when it changed."""
+        body = progress_value(revision, problems)
+        if body == self._last_progress:
+            return
+        for p in problems:
+            if p not in self._reported:
+                log.warning("invalid record key=%s problem=%s", p.key, p.problem)
+        self._reported = set(problems)
+        self.raw.put(keys.progress_key(self.me), body, lease=self._lease())
+        self._last_progress = body
+
+    def own_records(self, mirror: Mirror) -> list[tuple[str, bytes]]:
+        """This host's lease-bound records in the mirror (what a graceful stop unbinds)."""
+        prefixes = (keys.endpoint_prefix(self.me), keys.dns_prefix(self.me))
+        return [(key, value) for key, (value, _lease) in mirror.items() if key.startswith(prefixes)]

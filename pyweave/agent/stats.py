@@ -1,0 +1,20 @@
+"""What the agent counts, for its metrics (`pyweave.metrics` reads it at scrape time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AgentStats:
+    hosts_by_state: dict[str, int] = field(default_factory=dict)
+    peers_alive: int = 0
+    local_endpoints: int = 0
+    remote_endpoints: int = 0
+    reconciles: int = 0
+    reconcile_seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    invalid_records: int = 0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1

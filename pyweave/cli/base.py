@@ -1,0 +1,77 @@
+"""What every command shares: the typer apps, errors and exit codes, and the host's context.
+
+Exit codes follow weave's: 0 ok, 1 error, 3 already running (2: usage errors, from click). A command
+fails by raising `CliError` (through `fail`); `pyweave.cli.main` turns it into the message and the code.
+Nothing here imports gRPC, Docker or pyroute2: `pyweave --help` and `pyweave version` stay fast, and
+each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import typer
+
+from pyweave.host import HostConfig, HostState
+
+EXIT_ERROR = 1
+EXIT_RUNNING = 3
+
+app = typer.Typer(
+    add_completion=True,
+    no_args_is_help=True,
+    help="pyweave: multi-host networking for Docker containers (etcd + kernel VXLAN), as weave does it.",
+    context_settings={"help_option_names": ["--help"]},
+)
+status_app = typer.Typer(help="Show this host, its peers and the store.", invoke_without_command=True)
+app.add_typer(status_app, name="status")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    raise CliError(message, code)
+
+
+def say(message: str) -> None:
+    """A note for the user, on stderr (stdout carries the command's output)."""
+    typer.echo(message, err=True)
+
+
+def open_store(endpoints: list[str]):
+    """The etcd client (imported here, when a command needs the store)."""
+    from store.etcd import EtcdStore
+
+    return EtcdStore(endpoints, timeout=2.0)
+
+
+class Context:
+    """This host as a command sees it: its state directory, its launch config, the store."""
+
+    def __init__(self) -> None:
+        from store.cluster import Cluster
+        from store.raw import normalise_endpoints
+
+        self.state = HostState()
+        config = self.state.load()
+        if config is None:
+            fail("pyweave is not launched on this host; run `pyweave launch`")
+        self.config: HostConfig = config
+        endpoints = os.environ.get("PYWEAVE_STORE")
+        self.raw = open_store(normalise_endpoints([endpoints]) if endpoints else config.store)
+        self.cluster = Cluster(self.raw)
+
+    @property
+    def me(self) -> str:
+        return self.config.name
+
+    def require_agent(self) -> int:
+        pid = self.state.agent_pid()
+        if pid is None:
+            fail("pyweave is not running on this host; run `pyweave launch`")
+        return pid

@@ -1,0 +1,213 @@
+"""Commands that show: status (this host, its peers, the store, every problem found), status peers,
+status ipam, report, version. Each reads only the keys it shows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import typer
+
+from pyweave import __version__
+from pyweave.cli.base import EXIT_ERROR, Context, app, fail, status_app
+from store import keys
+from store.errors import StoreError
+from store.records import parse_progress
+
+
+def _gather_status(ctx: Context) -> tuple[dict, bool]:
+    agent_pid = ctx.state.agent_pid()
+    data: dict = {
+        "version": __version__,
+        "host": {
+            "name": ctx.me,
+            "address": ctx.config.address,
+            "vtep_mac": ctx.config.vtep_mac,
+            "mtu": None,
+            "data_path": "kernel vxlan (udp/4789, learning off, proxy ARP)",
+            "agent": {"running": agent_pid is not None, "pid": agent_pid},
+        },
+        "peers": [],
+        "store": {"endpoints": ctx.raw.endpoints, "reachable": False, "revision": None, "embedded": ctx.config.embedded_etcd},
+        "problems": [],
+    }
+    try:
+        state, revision = ctx.cluster.state()
+        kvs, _ = ctx.raw.list(keys.PROGRESS_ROOT)
+    except StoreError as err:
+        data["store"]["error"] = str(err)
+        return data, False
+    data["store"].update(reachable=True, revision=revision)
+    me = state.hosts.get(ctx.me) or state.members.get(ctx.me)
+    data["host"]["mtu"] = me.mtu if me else (ctx.config.mtu or None)
+    if data["host"]["mtu"] is None:
+        data["host"]["mtu"] = "unknown"
+    names = sorted(set(state.members) | set(state.hosts))
+    for name in names:
+        rec = state.hosts.get(name) or state.members[name]
+        alive = name in state.hosts and state.hosts[name].state == "alive"
+        st = "alive" if alive else ("stopped" if name in state.hosts else "dead")
+        data["peers"].append(
+            {"name": name, "address": rec.address, "vtep_mac": rec.vtep_mac, "state": st, "alive": alive, "self": name == ctx.me}
+        )
+    problems = {(p.key, p.problem) for p in state.invalid}
+    for kv in kvs:
+        problems |= {(p.key, p.problem) for p in parse_progress(kv.value).problems}
+    data["problems"] = [{"key": k, "problem": p} for k, p in sorted(problems)]
+    return data, True
+
+
+def _section(title: str, rows: list[tuple[str, object]]) -> list[str]:
+    head = f"{'Service':>15}: {title}"
+    if sys.stdout.isatty():
+        head = typer.style(head, bold=True)
+    lines = [head]
+    lines += [f"{k:>15}: {v}" for k, v in rows]
+    return lines + [""]
+
+
+def _render_status(data: dict) -> str:
+    host = data["host"]
+    agent = host["agent"]
+    lines = [f"{'Version':>15}: pyweave {data['version']}", ""]
+    lines += _section(
+        "host",
+        [
+            ("Name", host["name"]),
+            ("Address", host["address"]),
+            ("VTEP MAC", host["vtep_mac"]),
+            ("MTU", host["mtu"]),
+            ("Data path", host["data_path"]),
+            ("Agent", f"running (pid {agent['pid']})" if agent["running"] else "not running"),
+        ],
+    )
+    peers = data["peers"]
+    alive = sum(1 for p in peers if p["alive"])
+    lines += _section("peers", [("Peers", f"{len(peers)} ({alive} alive)")])
+    store = data["store"]
+    reach = "reachable" if store["reachable"] else f"unreachable ({store.get('error', '')})"
+    rows: list[tuple[str, object]] = [("Endpoints", ",".join(store["endpoints"])), ("Status", reach)]
+    if store["reachable"]:
+        rows.append(("Revision", store["revision"]))
+        rows.append(("Problems", len(data["problems"])))
+    lines += _section("store", rows)
+    for p in data["problems"]:
+        line = f"  problem: {p['key']}: {p['problem']}"
+        lines.append(typer.style(line, fg="yellow") if sys.stdout.isatty() else line)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _render_peers(data: dict) -> str:
+    rows: list[tuple[str, str, str, str]] = [("NAME", "ADDRESS", "VTEP-MAC", "STATE")]
+    for p in data["peers"]:
+        rows.append((p["name"], p["address"], p["vtep_mac"], p["state"] + (" (this host)" if p["self"] else "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows
+    ) + "\n"
+
+
+@status_app.callback()
+def status(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="The same data as JSON."),
+) -> None:
+    """Show this host, its peers and the store. Example: `pyweave status`, `pyweave status peers`."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"json": as_json}
+        return
+    c = Context()
+    data, ok = _gather_status(c)
+    typer.echo(json.dumps(data, indent=2) if as_json else _render_status(data), nl=False)
+    if as_json:
+        typer.echo()
+    if not ok:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@status_app.command("peers")
+def status_peers(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="The peers as JSON."),
+) -> None:
+    """List the peers: name, address, VTEP MAC, state. Example: `pyweave status peers`."""
+    c = Context()
+    data, ok = _gather_status(c)
+    if not ok:
+        fail(data["store"].get("error", "store unreachable"))
+    if as_json or (ctx.obj or {}).get("json"):
+        typer.echo(json.dumps(data["peers"], indent=2))
+    else:
+        typer.echo(_render_peers(data), nl=False)
+
+
+@status_app.command("ipam")
+def status_ipam(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="As JSON."),
+) -> None:
+    """The allocation range, the default subnet, and per host the addresses held and whether it is alive.
+
+    Example: `pyweave status ipam`.
+    """
+    c = Context()
+    state, _ = c.cluster.state("config", "ips/", "members/", "hosts/")
+    config = state.config
+    held: dict[str, int] = {}
+    for claim in state.claims.values():
+        held[claim.host] = held.get(claim.host, 0) + 1
+    hosts = sorted(set(held) | set(state.members) | set(state.hosts))
+    rows: list[dict] = []
+    for h in hosts:
+        rec = state.hosts.get(h)
+        st = "alive" if rec is not None and rec.state == "alive" else ("stopped" if rec is not None else "dead")
+        rows.append({"host": h, "addresses": held.get(h, 0), "state": st})
+    data = {
+        "range": config.ipalloc_range if config else None,
+        "default_subnet": config.default_subnet if config else None,
+        "dead_host_grace": config.dead_host_grace if config else None,
+        "hosts": rows,
+    }
+    if as_json or (ctx.obj or {}).get("json"):
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"{'Range':>15}: {data['range']}")
+    typer.echo(f"{'Default subnet':>15}: {data['default_subnet']}")
+    width = max([len("HOST")] + [len(r["host"]) for r in rows])
+    typer.echo(f"{'HOST':<{width}}  ADDRESSES  STATE")
+    for r in rows:
+        typer.echo(f"{r['host']:<{width}}  {r['addresses']:>9}  {r['state']}")
+
+
+@app.command()
+def report() -> None:
+    """Print the whole state of the cluster as JSON, as weave's report does.
+
+    Example: `pyweave report | jq '.hosts'`.
+    """
+    c = Context()
+    state, revision = c.cluster.state()
+    data, _ok = _gather_status(c)
+    out = {
+        "revision": revision,
+        "host": data["host"],
+        "store": data["store"],
+        "config": asdict(state.config) if state.config else None,
+        "peers": data["peers"],
+        "networks": [asdict(n) for n in sorted(state.networks.values(), key=lambda n: n.subnet)],
+        "attachments": [{**asdict(a), "cidrs": [str(x) for x in a.cidrs]} for _, a in sorted(state.attachments.items())],
+        "endpoints": [asdict(e) for _, e in sorted(state.endpoints.items())],
+        "addresses": [asdict(cl) for _, cl in sorted(state.claims.items())],
+        "dns": [asdict(d) for _, d in sorted(state.dns.items())],
+        "problems": data["problems"],
+    }
+    typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+def version() -> None:
+    """Print pyweave's version. Example: `pyweave version`."""
+    typer.echo(f"pyweave {__version__}")
+
+

@@ -1,0 +1,71 @@
+"""The processes of a host: the embedded etcd of a first host, and the agent. Started detached (their
+own session, so a Ctrl-C in the user's terminal does not reach them), recorded in pid files of the
+host's state directory, stopped with SIGTERM and then SIGKILL (`pyweave.host.stop_process`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from pyweave.host import HostConfig, HostState
+
+AGENT_START_TIMEOUT = 30.0
+
+
+class ProcessError(Exception):
+    """A process could not be started; the message says why and what to do."""
+
+
+def start_embedded_etcd(state: HostState, config: HostConfig, address: str) -> None:
+    """A single-member etcd on this host's underlay address (and loopback), data in the state dir."""
+    if state.etcd_pid() is not None:
+        return
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        raise ProcessError("the etcd binary is not on PATH; install etcd-server (apt-get install etcd-server) or use --store")
+    fresh = not (state.etcd_dir / "member").exists()
+    args = [
+        etcd,
+        "--name", config.name,
+        "--data-dir", str(state.etcd_dir),
+        "--listen-client-urls", f"http://{address}:2379,http://127.0.0.1:2379",
+        "--advertise-client-urls", f"http://{address}:2379",
+        "--listen-peer-urls", f"http://{address}:2380",
+        "--initial-advertise-peer-urls", f"http://{address}:2380",
+        "--initial-cluster", f"{config.name}=http://{address}:2380",
+        "--initial-cluster-state", "new" if fresh else "existing",
+        "--auto-compaction-mode", "revision",
+        "--auto-compaction-retention", "10000",
+        "--log-level", "warn",
+    ]
+    with open(state.dir / "etcd.log", "ab") as log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    state.etcd_pid_path.write_text(str(proc.pid))
+
+
+def start_agent(state: HostState, *, timeout: float = AGENT_START_TIMEOUT) -> int:
+    """Start the agent and wait until it has registered and mirrored the store (its `ready` file
+    names its pid). Returns the pid; raises ProcessError with the log's tail if it dies first."""
+    ready = state.dir / "ready"
+    ready.unlink(missing_ok=True)
+    with open(state.log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyweave_cmd.agent"],
+            env={**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text().strip() == str(proc.pid):
+            return proc.pid
+        if proc.poll() is not None:
+            tail = state.log_path.read_text(errors="replace").splitlines()[-5:]
+            raise ProcessError("the agent exited during start:\n  " + "\n  ".join(tail))
+        time.sleep(0.05)
+    raise ProcessError(f"the agent did not register within {timeout:.0f}s; see {state.log_path}")

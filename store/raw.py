@@ -1,0 +1,91 @@
+"""The raw tier's interface: values, watch events, endpoints, and what the domain tier needs of a store.
+
+`store.etcd.EtcdStore` implements `RawStore` on a real etcd; `store.memory.MemoryStore` in memory,
+for unit tests. Nothing here imports the etcd client, so the CLI and the planner can use these types
+without loading gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from store.errors import StoreError
+
+DEFAULT_CLIENT_PORT = 2379
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One watch event: `value is None` means the key was deleted."""
+
+    key: str
+    value: bytes | None
+    revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """The changes of one watch response and the store revision they bring the watcher to."""
+
+    revision: int
+    changes: tuple[Change, ...]
+
+
+WatchCallback = Callable[["WatchBatch | StoreError"], None]
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    """'http://10.0.0.1:2379', '10.0.0.1:2379' or '10.0.0.1' -> (host, port)."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if not parts.hostname:
+        raise ValueError(f"store endpoint {url!r} has no host; use e.g. http://10.0.0.1:2379")
+    return parts.hostname, parts.port or DEFAULT_CLIENT_PORT
+
+
+def normalise_endpoints(urls: Iterable[str]) -> list[str]:
+    out = []
+    for url in urls:
+        for part in url.split(","):
+            if part.strip():
+                host, port = parse_endpoint(part)
+                out.append(f"http://{host}:{port}")
+    if not out:
+        raise ValueError("no store endpoint given; use e.g. --store http://10.0.0.1:2379")
+    return out
+
+
+class RawStore(Protocol):
+    """What the domain tier needs of the raw tier (store.etcd.EtcdStore, or an in-memory fake)."""
+
+    endpoints: list[str]
+
+    def list(self, prefix: str) -> tuple[list[KeyValue], int]: ...
+    def get(self, key: str) -> KeyValue | None: ...
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int: ...
+    def delete(self, key: str) -> bool: ...
+    def create(self, key: str, value: bytes, *, lease: int = 0) -> bool: ...
+    def commit(
+        self,
+        *,
+        absent: Sequence[str] = (),
+        unchanged: Mapping[str, int] | None = None,
+        puts: Sequence[tuple[str, bytes]] = (),
+        deletes: Sequence[str] = (),
+        lease: int = 0,
+    ) -> bool: ...
+    def delete_if(self, key: str, *, mod_revision: int) -> bool: ...
