@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from dataplane.api import LocalPort, PortState, RemoteEntry, host_veth_name
+from dataplane.api import LocalPort, PortState, RemoteDelta, RemoteEntry, host_veth_name
 from pyweave.agent import Agent
 from pyweave.containers import ContainerInfo
 
@@ -76,6 +76,20 @@ class RecordingDataplane:
             self.remote[vni] = new
             self._check()
         return len(new ^ old)
+
+    def update_remote(self, vni: int, delta: RemoteDelta) -> None:
+        self.calls["update_remote"] += 1
+        with self._lock:
+            fdb = {e.mac: e.underlay for e in self.remote.get(vni, ())}
+            neigh = {e.ip: e.mac for e in self.remote.get(vni, ())}
+            for mac, _dst in delta.fdb_del:
+                fdb.pop(mac, None)
+            for ip, _mac in delta.neigh_del:
+                neigh.pop(ip, None)
+            fdb.update(dict(delta.fdb_add))
+            neigh.update(dict(delta.neigh_add))
+            self.remote[vni] = frozenset(RemoteEntry(mac, ip, fdb[mac]) for ip, mac in neigh.items() if mac in fdb)
+            self._check()
 
     def close(self) -> None:
         pass

@@ -77,6 +77,63 @@ class RemoteEntry:
     underlay: str
 
 
+@dataclass(frozen=True)
+class RemoteDelta:
+    """Changes to one VNI's remote entries, as kernel objects: FDB entries (MAC -> underlay) and
+    neighbour entries (IP -> MAC) to remove, then to add. Made by `RemoteTable.update`."""
+
+    fdb_del: tuple[tuple[str, str], ...] = ()  # (mac, underlay)
+    neigh_del: tuple[tuple[str, str], ...] = ()  # (ip, mac)
+    fdb_add: tuple[tuple[str, str], ...] = ()
+    neigh_add: tuple[tuple[str, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.fdb_del or self.neigh_del or self.fdb_add or self.neigh_add)
+
+
+class RemoteTable:
+    """One VNI's remote entries as they are in the kernel, by IP, kept by the agent so that a
+    change of a few entries becomes a few kernel writes (no dump). A container with several
+    addresses on one network has one MAC for all: its FDB entry stays while any of them does."""
+
+    def __init__(self, entries: Iterable[RemoteEntry] = ()) -> None:
+        self.entries: dict[str, RemoteEntry] = {}
+        self._fdb: dict[tuple[str, str], int] = {}  # (mac, underlay) -> entries using it
+        self.update({e.ip: e for e in entries})
+
+    def update(self, changes: dict[str, RemoteEntry | None]) -> RemoteDelta:
+        """Apply changes (IP -> its entry now, or None: gone); returns the kernel writes needed."""
+        fdb_del, neigh_del, fdb_add, neigh_add = [], [], [], []
+        for ip, new in changes.items():
+            old = self.entries.get(ip)
+            if old == new:
+                continue
+            if old is not None:
+                del self.entries[ip]
+                if new is None or new.mac != old.mac:
+                    neigh_del.append((ip, old.mac))
+                fdb = (old.mac, old.underlay)
+                self._fdb[fdb] -= 1
+                if not self._fdb[fdb]:
+                    del self._fdb[fdb]
+                    fdb_del.append(fdb)
+            if new is not None:
+                self.entries[ip] = new
+                if old is None or new.mac != old.mac:
+                    neigh_add.append((ip, new.mac))
+                fdb = (new.mac, new.underlay)
+                self._fdb[fdb] = self._fdb.get(fdb, 0) + 1
+                if self._fdb[fdb] == 1:
+                    fdb_add.append(fdb)
+        # An FDB entry removed and added again in one batch (an address moved between two IPs of
+        # one container) is simply kept.
+        both = set(fdb_del) & set(fdb_add)
+        return RemoteDelta(
+            tuple(f for f in fdb_del if f not in both), tuple(neigh_del),
+            tuple(f for f in fdb_add if f not in both), tuple(neigh_add),
+        )
+
+
 def bridge_name(vni: int) -> str:
     return f"{BRIDGE_PREFIX}{vni}"
 
@@ -101,4 +158,5 @@ class Dataplane(Protocol):
     def ensure_port(self, port: LocalPort) -> None: ...
     def remove_port(self, state: PortState) -> None: ...
     def sync_remote(self, vni: int, entries: Iterable[RemoteEntry]) -> int: ...
+    def update_remote(self, vni: int, delta: RemoteDelta) -> None: ...
     def close(self) -> None: ...

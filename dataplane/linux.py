@@ -20,6 +20,7 @@ ends, which are reached through `/proc/<pid>/ns/net`.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -37,6 +38,7 @@ from dataplane.api import (
     DataplaneError,
     LocalPort,
     PortState,
+    RemoteDelta,
     RemoteEntry,
     Underlay,
     bridge_name,
@@ -370,10 +372,7 @@ class LinuxDataplane:
         """Make the FDB and neighbour entries of vni's VXLAN device exactly `entries`.
 
         Returns the number of changes made (0 when already in sync)."""
-        found = self.ipr.link_lookup(ifname=vxlan_name(vni))
-        if not found:
-            raise DataplaneError(f"{vxlan_name(vni)} is missing; ensure_network first")
-        idx = found[0]
+        idx = self._vxlan_index(vni)
         want_fdb = {e.mac: e.underlay for e in entries}
         want_neigh = {e.ip: e.mac for e in entries}
         have_fdb = {}
@@ -407,6 +406,31 @@ class LinuxDataplane:
                 if have is None or have[0] != mac:
                     self.announce(vni, ip=ip, mac=mac)
         return changes
+
+    def update_remote(self, vni: int, delta: RemoteDelta) -> None:
+        """Apply a few changes to vni's FDB and neighbour entries, without reading what is there
+        (an event's cost is its own writes; `sync_remote`, at the periodic resync, repairs any
+        drift). Removals first, so an address that moves to a new MAC never has two."""
+        idx = self._vxlan_index(vni)
+        for mac, dst in delta.fdb_del:
+            self._quiet(self.ipr.fdb, "del", ifindex=idx, lladdr=mac, dst=dst)
+        for ip, mac in delta.neigh_del:
+            self._quiet(self.ipr.neigh, "del", ifindex=idx, dst=ip, lladdr=mac)
+        for mac, dst in delta.fdb_add:
+            try:
+                self.ipr.fdb("append", ifindex=idx, lladdr=mac, dst=dst, state=NUD_PERMANENT)
+            except NetlinkError as err:
+                if err.code != errno.EEXIST:
+                    raise
+        for ip, mac in delta.neigh_add:
+            self.ipr.neigh("replace", ifindex=idx, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+            self.announce(vni, ip=ip, mac=mac)
+
+    def _vxlan_index(self, vni: int) -> int:
+        found = self.ipr.link_lookup(ifname=vxlan_name(vni))
+        if not found:
+            raise DataplaneError(f"{vxlan_name(vni)} is missing; ensure_network first")
+        return found[0]
 
     def announce(self, vni: int, *, ip: str, mac: str) -> None:
         """Send a gratuitous ARP for ip at mac into the bridge of vni, to local ports only.

@@ -47,19 +47,47 @@ def names_of(container_name: str, hostname: str, domain: str) -> list[str]:
 
 @dataclass
 class DnsIndex:
+    """Names to addresses and back. Kept current record by record (`add`, `remove`): a name with
+    several records keeps each address once, until its last record goes."""
+
     by_name: dict[str, list[str]] = field(default_factory=dict)
     by_ip: dict[str, list[str]] = field(default_factory=dict)
+    _count: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[str, str]]) -> DnsIndex:
         index = cls()
+        index.add(records)
+        return index
+
+    def add(self, records: Iterable[tuple[str, str]]) -> None:
         for name, ip in records:
             name = name.lower()
-            if ip not in index.by_name.setdefault(name, []):
-                index.by_name[name].append(ip)
-            if name not in index.by_ip.setdefault(ip, []):
-                index.by_ip[ip].append(name)
-        return index
+            n = self._count.get((name, ip), 0)
+            self._count[(name, ip)] = n + 1
+            if n == 0:
+                self.by_name.setdefault(name, []).append(ip)
+                self.by_ip.setdefault(ip, []).append(name)
+
+    def remove(self, records: Iterable[tuple[str, str]]) -> None:
+        for name, ip in records:
+            name = name.lower()
+            n = self._count.get((name, ip), 0)
+            if n > 1:
+                self._count[(name, ip)] = n - 1
+            elif n == 1:
+                del self._count[(name, ip)]
+                _drop(self.by_name, name, ip)
+                _drop(self.by_ip, ip, name)
+
+
+def _drop(index: dict[str, list[str]], key: str, value: str) -> None:
+    # A new list, not an edit in place: a resolver thread may be reading the old one.
+    rest = [v for v in index.get(key, ()) if v != value]
+    if rest:
+        index[key] = rest
+    else:
+        index.pop(key, None)
 
 
 def reverse_to_ip(qname: str) -> str | None:

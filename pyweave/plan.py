@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dataplane.api import LocalPort, PortState, RemoteEntry, bridge_name
 from pyweave.containers import ContainerInfo
@@ -20,6 +21,9 @@ from store.addresses import OverlayAddress
 from store.keys import attachment_key, endpoint_key
 from store.records import AttachmentRecord, EndpointRecord, Invalid
 from store.state import ClusterState
+
+if TYPE_CHECKING:
+    from pyweave.view import ClusterView
 
 IFNAME_BASE = "ethwe"
 EXPOSE_REF = "weave:expose"  # the attachment of the host itself (weave's name for it)
@@ -55,27 +59,30 @@ def _looks_like_full_id(ref: str) -> bool:
 
 
 def plan_host(
-    state: ClusterState,
+    state: ClusterState | ClusterView,
     me: str,
     containers: Mapping[str, ContainerInfo | None],
     existing_ports: Mapping[tuple[str, int], PortState],
     *,
     mtu: int,
     dns_domain: str | None = None,
+    with_remote: bool = True,
 ) -> HostPlan:
+    """The plan of host `me`. `state` is a `ClusterState` or the agent's incremental
+    `pyweave.view.ClusterView` (the same records); with `with_remote` false the remote entries are
+    left out, for a caller that keeps them per event (`ClusterView.remote`)."""
     plan = HostPlan()
-    for (host, ref), att in sorted(state.attachments.items()):
-        if host != me:
-            continue
+    for ref, att in state.local_attachments(me):
         info = containers.get(ref)
         _plan_attachment(plan, state, me, ref, att, info, existing_ports, mtu)
         if dns_domain and info is not None and ref != EXPOSE_REF:
             _plan_names(plan, state, me, info, dns_domain)
-    _plan_remote(plan, state, me)
+    if with_remote:
+        _plan_remote(plan, state, me)
     return plan
 
 
-def _plan_names(plan: HostPlan, state: ClusterState, me: str, info: ContainerInfo, domain: str) -> None:
+def _plan_names(plan: HostPlan, state: ClusterState | ClusterView, me: str, info: ContainerInfo, domain: str) -> None:
     """DNS records of a container with a port: its names times its addresses, plus dns-add."""
     ips = sorted({rec.ip for rec in plan.endpoints.values() if rec.container == info.id})
     if not ips:
@@ -94,7 +101,7 @@ def expose_mac(host: str, vni: int) -> str:
 
 
 def _resolve(
-    plan: HostPlan, state: ClusterState, me: str, ref: str, att: AttachmentRecord
+    plan: HostPlan, state: ClusterState | ClusterView, me: str, ref: str, att: AttachmentRecord
 ) -> tuple[list[int], dict[int, list[OverlayAddress]]]:
     """The attachment's addresses grouped by VNI, in the order the attachment lists them.
     Addresses whose network or claim is missing are queued for the agent to create, and
@@ -145,7 +152,7 @@ def _endpoint_records(
         plan.endpoints[endpoint_key(me, container, rec.ip)] = rec
 
 
-def _plan_expose(plan: HostPlan, state: ClusterState, me: str, att: AttachmentRecord) -> None:
+def _plan_expose(plan: HostPlan, state: ClusterState | ClusterView, me: str, att: AttachmentRecord) -> None:
     order, by_vni = _resolve(plan, state, me, EXPOSE_REF, att)
     for vni in order:
         cidrs = tuple(by_vni[vni])
@@ -156,7 +163,7 @@ def _plan_expose(plan: HostPlan, state: ClusterState, me: str, att: AttachmentRe
 
 def _plan_attachment(
     plan: HostPlan,
-    state: ClusterState,
+    state: ClusterState | ClusterView,
     me: str,
     ref: str,
     att: AttachmentRecord,
@@ -198,7 +205,7 @@ def _plan_attachment(
         _endpoint_records(plan, me, info.id, vni, mac, name, cidrs)
 
 
-def _plan_remote(plan: HostPlan, state: ClusterState, me: str) -> None:
+def _plan_remote(plan: HostPlan, state: ClusterState | ClusterView, me: str) -> None:
     seen: dict[tuple[int, str], str] = {}
     for key, ep in sorted(state.endpoints.items()):
         if ep.host == me or ep.vni not in plan.vnis:

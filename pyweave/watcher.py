@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pyweave.backoff import Backoff
 from store.errors import Compacted, StoreError
@@ -33,6 +34,49 @@ class WatchStats:
     errors: list[str] = field(default_factory=list)
 
 
+class Mirror:
+    """The plain sink: key -> (value, lease), and the revision it is current to."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.items: dict[str, tuple[bytes, int]] = {}
+        self.revision = 0
+
+    def apply(self, key: str, value: bytes | None, lease: int = 0, revision: int = 0) -> None:
+        with self.lock:
+            if value is None:
+                self.items.pop(key, None)
+            else:
+                self.items[key] = (value, lease)
+            self.revision = max(self.revision, revision)
+
+    def replace(self, items: dict[str, tuple[bytes, int]], revision: int) -> None:
+        with self.lock:
+            self.items = dict(items)
+            self.revision = revision
+
+    def snapshot(self) -> tuple[dict[str, tuple[bytes, int]], int]:
+        with self.lock:
+            return dict(self.items), self.revision
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items = {}
+
+
+class Sink(Protocol):
+    """Where the watcher puts what it lists and what the watch delivers (a Mirror, or the agent's
+    incremental view)."""
+
+    revision: int
+
+    def apply(self, key: str, value: bytes | None, lease: int = 0, revision: int = 0) -> None: ...
+    def replace(self, items: dict[str, tuple[bytes, int]], revision: int) -> None: ...
+    def snapshot(self) -> tuple[dict[str, tuple[bytes, int]], int]: ...
+    def clear(self) -> None:
+        """Forget everything (the next `replace` starts afresh; the revision is kept)."""
+
+
 class StoreWatcher:
     def __init__(
         self,
@@ -41,6 +85,7 @@ class StoreWatcher:
         on_change: Callable[[], None],
         *,
         relist_interval: float = 300.0,
+        sink: Sink | None = None,
     ) -> None:
         self.raw = raw
         self.prefix = prefix
@@ -48,19 +93,16 @@ class StoreWatcher:
         self.relist_interval = relist_interval
         self.stats = WatchStats()
         self.connected = False
-        self._lock = threading.Lock()
-        self._items: dict[str, tuple[bytes, int]] = {}
-        self._revision = 0
+        self.sink: Sink = sink if sink is not None else Mirror()
         self._synced = threading.Event()
         self._pause = threading.Event()  # tests stop the watch to force a compaction behind it
 
     def snapshot(self) -> tuple[dict[str, tuple[bytes, int]], int]:
-        with self._lock:
-            return dict(self._items), self._revision
+        return self.sink.snapshot()
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self.sink.revision
 
     def pause(self) -> None:
         """Stop applying events (a test hook: SIGUSR1 to the agent); `resume` watches again
@@ -75,21 +117,14 @@ class StoreWatcher:
 
     def _relist(self) -> None:
         kvs, revision = self.raw.list(self.prefix)
-        with self._lock:
-            self._items = {kv.key: (kv.value, kv.lease) for kv in kvs}
-            self._revision = revision
+        self.sink.replace({kv.key: (kv.value, kv.lease) for kv in kvs}, revision)
         self.stats.lists += 1
         self._synced.set()
         self.on_change()
 
     def _apply(self, batch: WatchBatch) -> None:
-        with self._lock:
-            for change in batch.changes:
-                if change.value is None:
-                    self._items.pop(change.key, None)
-                else:
-                    self._items[change.key] = (change.value, change.lease)
-                self._revision = max(self._revision, change.revision)
+        for change in batch.changes:
+            self.sink.apply(change.key, change.value, change.lease, change.revision)
         self.stats.events += len(batch.changes)
         if batch.changes:
             self.on_change()
@@ -106,9 +141,9 @@ class StoreWatcher:
                     need_list = False
                     listed_at = time.monotonic()
                 inbox: queue.Queue = queue.Queue()
-                cancel = self.raw.watch(self.prefix, start_revision=self._revision + 1, callback=inbox.put)
+                cancel = self.raw.watch(self.prefix, start_revision=self.sink.revision + 1, callback=inbox.put)
             except Compacted as err:
-                log.info("watch from revision %d impossible (%s); listing again", self._revision + 1, err)
+                log.info("watch from revision %d impossible (%s); listing again", self.sink.revision + 1, err)
                 self.stats.compactions += 1
                 need_list = True
                 continue
@@ -144,7 +179,13 @@ class StoreWatcher:
                 continue
             if isinstance(item, WatchBatch):
                 backoff.reset()
-                self._apply(item)
+                try:
+                    self._apply(item)
+                except Exception:  # noqa: BLE001 - a bug in the sink must not end the watch
+                    log.exception("applying a watch batch failed; listing again")
+                    self.stats.errors = (self.stats.errors + ["sink failed"])[-20:]
+                    self.sink.clear()
+                    return "relist"
             elif isinstance(item, Compacted):
                 return "compacted"
             else:

@@ -95,6 +95,13 @@ class ClusterState:
                 self.invalid.append(Invalid(key, f"host {ep.host} is not registered"))
                 del self.endpoints[key]
 
+    def local_attachments(self, me: str) -> list[tuple[str, AttachmentRecord]]:
+        """(container ref, attachment) of host `me`, in key order."""
+        return [(ref, att) for (host, ref), att in sorted(self.attachments.items()) if host == me]
+
+    def claims_of(self, host: str) -> dict[tuple[str, str], IpClaim]:
+        return {k: claim for k, claim in self.claims.items() if claim.host == host}
+
     def network_for(self, subnet: ipaddress.IPv4Network | str) -> NetworkRecord | None:
         return self.networks.get(str(subnet))
 

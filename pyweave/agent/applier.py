@@ -1,9 +1,11 @@
 """The kernel applier: makes the host's kernel match a plan, touching only what changed.
 
-It remembers what it last applied per object (a network's exposed addresses, a port, a network's
-remote entries). Between full resyncs an object whose desired state did not change is trusted, so an
-event costs kernel work for what it changed, not for the size of the cluster; a full resync (`forget`)
-re-checks everything and repairs what someone deleted by hand. A port whose creation failed with a
+It remembers what it last applied per object (a network's exposed addresses, a port) and, per
+network, the remote entries in the kernel (`RemoteTable`). Between full resyncs an object whose
+desired state did not change is trusted, and remote entries change by the few FDB and neighbour
+writes an event needs (`Dataplane.update_remote`, no dump), so an event costs kernel work for what it
+changed, not for the size of the cluster. A full resync (`forget`) re-reads and re-checks everything
+(`sync_remote` dumps and diffs each network once) and repairs what someone deleted by hand. A port whose creation failed with a
 permanent error (`DataplaneError.retryable` false, e.g. the interface name is taken in the container)
 is not tried again until its desired state changes; it is reported as a problem meanwhile.
 """
@@ -14,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dataplane.api import Dataplane, DataplaneError, LocalPort, PortState
+from dataplane.api import Dataplane, DataplaneError, LocalPort, PortState, RemoteEntry, RemoteTable
 from pyweave.plan import HostPlan, expose_mac
 from store import keys
 from store.records import Invalid, NetworkRecord
@@ -35,11 +37,21 @@ class KernelApplier:
         self.dataplane = dataplane
         self.me = me
         self._applied: dict[tuple, object] = {}
+        self._remote: dict[int, RemoteTable] = {}  # vni -> what its VXLAN device holds
         self._refused: dict[tuple[str, int], tuple[LocalPort, str]] = {}  # permanent failures
 
     def forget(self) -> None:
         """Trust nothing: the next pass re-reads and re-checks every object (full resync)."""
         self._applied.clear()
+        self._remote.clear()
+
+    def knows_remote(self, vni: int) -> bool:
+        """Whether the remote entries of vni are known, so that changes can be applied as deltas."""
+        return vni in self._remote
+
+    @property
+    def remote_count(self) -> int:
+        return sum(len(t.entries) for t in self._remote.values())
 
     def apply(
         self,
@@ -49,6 +61,8 @@ class KernelApplier:
         *,
         docker_ok: bool,
         frozen: set[str],
+        remote_full: Mapping[int, list[RemoteEntry]] | None = None,
+        remote_changes: Mapping[int, dict[str, RemoteEntry | None]] | None = None,
     ) -> Applied:
         """Networks first (ports join their bridges), then ports, then remote entries; networks no
         port needs any more go last. Without Docker, local ports are kept exactly as they are."""
@@ -62,18 +76,33 @@ class KernelApplier:
                 self._applied[("net", vni)] = want
         if docker_ok:
             self._apply_ports(plan, existing, frozen, out)
-        for vni in sorted(plan.vnis):
-            remote = frozenset(plan.remote.get(vni, set()))
-            if self._applied.get(("remote", vni)) != remote:
-                self.dataplane.sync_remote(vni, remote)
-                self._applied[("remote", vni)] = remote
+        # Remote entries: the whole set of a network (the plan's, or `remote_full`) is synced
+        # against the kernel; `remote_changes` are applied as deltas to a network already known.
+        full = dict(remote_full or {})
+        if remote_full is None and remote_changes is None:
+            full = {vni: list(plan.remote.get(vni, ())) for vni in plan.vnis if self._remote_differs(vni, plan)}
+        for vni in sorted(full):
+            self.dataplane.sync_remote(vni, full[vni])
+            self._remote[vni] = RemoteTable(full[vni])
+        for vni, changes in sorted((remote_changes or {}).items()):
+            table = self._remote.get(vni)
+            if table is None:
+                continue
+            delta = table.update(changes)
+            if delta:
+                self.dataplane.update_remote(vni, delta)
         if docker_ok:
             kept = plan.vnis | {vni for (cid, vni) in existing if (cid, vni) in plan.ports or cid in frozen}
             for vni in self.dataplane.networks() - kept:
                 self.dataplane.remove_network(vni)
-                for kind in ("net", "remote"):
-                    self._applied.pop((kind, vni), None)
+                self._applied.pop(("net", vni), None)
+        for vni in [v for v in self._remote if v not in plan.vnis]:
+            del self._remote[vni]  # not of interest any more (its devices go, or stay frozen)
         return out
+
+    def _remote_differs(self, vni: int, plan: HostPlan) -> bool:
+        table = self._remote.get(vni)
+        return table is None or set(table.entries.values()) != set(plan.remote.get(vni, ()))
 
     def _apply_ports(
         self, plan: HostPlan, existing: Mapping[tuple[str, int], PortState], frozen: set[str], out: Applied

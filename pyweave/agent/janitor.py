@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from pyweave.plan import HostPlan
 from store import keys
@@ -21,6 +22,9 @@ from store.addresses import OverlaySubnet
 from store.cluster import Cluster
 from store.records import DEFAULT_DEAD_HOST_GRACE, tombstone_value
 from store.state import ClusterState
+
+if TYPE_CHECKING:
+    from pyweave.view import ClusterView
 
 log = logging.getLogger("pyweave.agent")
 
@@ -44,21 +48,16 @@ class Janitor:
             self.cluster.detach(self.me, ref, None)
         return bool(plan.missing_networks or plan.missing_claims or plan.gone_containers)
 
-    def release_destroyed(self, state: ClusterState, destroyed: list[str]) -> None:
+    def release_destroyed(self, state: ClusterState | ClusterView, destroyed: list[str]) -> None:
         for cid in destroyed:
             if (self.me, cid) in state.attachments:
                 log.info("container %s destroyed; releasing its addresses", cid[:12])
                 self.cluster.detach(self.me, cid, None)
 
-    def release_unclaimed(self, state: ClusterState, revision: int, frozen_refs: set[str]) -> None:
-        wanted = {
-            (str(cidr.network), str(cidr.ip))
-            for (host, _ref), att in state.attachments.items()
-            if host == self.me
-            for cidr in att.cidrs
-        }
-        for (subnet, ip), claim in state.claims.items():
-            if claim.host != self.me or claim.container in frozen_refs or (subnet, ip) in wanted:
+    def release_unclaimed(self, state: ClusterState | ClusterView, revision: int, frozen_refs: set[str]) -> None:
+        wanted = {(str(cidr.network), str(cidr.ip)) for _ref, att in state.local_attachments(self.me) for cidr in att.cidrs}
+        for (subnet, ip), claim in state.claims_of(self.me).items():
+            if claim.container in frozen_refs or (subnet, ip) in wanted:
                 continue
             key = keys.ip_claim_key(subnet, ip)
             kv = self.raw.get(key)
@@ -66,7 +65,7 @@ class Janitor:
                 log.info("releasing address %s of %s: no attachment lists it", ip, claim.container[:12])
                 self.raw.delete_if(key, mod_revision=kv.mod_revision)
 
-    def collect_dead_hosts(self, state: ClusterState) -> None:
+    def collect_dead_hosts(self, state: ClusterState | ClusterView) -> None:
         now = time.time()
         if now - self._last_dead_check < self.dead_check_interval:
             return

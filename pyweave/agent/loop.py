@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 
-from dataplane.api import VXLAN_OVERHEAD, Dataplane, DataplaneError, Underlay
+from dataplane.api import VXLAN_OVERHEAD, Dataplane, DataplaneError, RemoteEntry, Underlay
 from pyweave.agent.applier import KernelApplier
 from pyweave.agent.docker_view import DockerView
 from pyweave.agent.janitor import Janitor
@@ -31,12 +31,12 @@ from pyweave.containers import ContainerError, ContainerInfo, ContainerRuntime
 from pyweave.dns import SERVICE_ADDRESS, DnsIndex, DnsService
 from pyweave.host import HostConfig, HostState
 from pyweave.plan import EXPOSE_REF, HostPlan, plan_host
+from pyweave.view import ClusterView
 from pyweave.watcher import StoreWatcher
 from store import keys
 from store.cluster import Cluster
 from store.errors import ClusterError, StoreError
 from store.records import HostRecord, Invalid
-from store.state import ClusterState
 
 log = logging.getLogger("pyweave.agent")
 
@@ -80,12 +80,11 @@ class Agent:
         self._wake = threading.Event()
         self._full = threading.Event()
         self._last_full = 0.0
+        self._last_count = 0.0
         self.stats = AgentStats()
-        self.dns_index = DnsIndex()
         self.dns_service: DnsService | None = None
-        self._parse_cache: dict = {}
-
-        self.watcher = StoreWatcher(raw, keys.ROOT, self.wake)
+        self.view = ClusterView(self.me)
+        self.watcher = StoreWatcher(raw, keys.ROOT, self.wake, sink=self.view)
         self.docker = DockerView(containers, self.wake)
         self.lease_keeper = LeaseKeeper(
             raw, state, me=self.me, address=underlay.address, vtep_mac=config.vtep_mac, mtu=self.mtu,
@@ -104,6 +103,10 @@ class Agent:
     @lease.setter
     def lease(self, value: int) -> None:
         self.lease_keeper.lease = value
+
+    @property
+    def dns_index(self) -> DnsIndex:
+        return self.view.dns_index
 
     @property
     def reconciles(self) -> int:
@@ -171,31 +174,54 @@ class Agent:
 
     def reconcile(self, *, full: bool = True) -> HostPlan | None:
         """One pass. `full` re-reads and re-checks every kernel object (the periodic resync,
-        which repairs what someone deleted by hand); otherwise objects whose desired state is
-        unchanged since they were last applied are trusted, so an event costs work for what it
-        changed, not for the size of the cluster."""
-        items, revision = self.watcher.snapshot()
-        if revision == 0:
+        which repairs what someone deleted by hand); otherwise only what the events since the last
+        pass touched is planned and written: this host's own attachments (a handful), and the
+        remote entries that changed on the networks this host has ports on. Remote entries of
+        networks it has no port on are neither planned nor programmed (interest)."""
+        view = self.view
+        if view.revision == 0:
             return None
         if full:
             self.applier.forget()
             self.docker.forget()
             self._last_full = time.monotonic()
-        state = ClusterState.from_items(((k, v) for k, (v, _lease) in items.items()), cache=self._parse_cache)
-        self.janitor.release_destroyed(state, self.docker.take_destroyed())
+        try:
+            return self._reconcile(view)
+        except BaseException:
+            # The changes taken from the view are lost with this pass: trust nothing next time.
+            self.applier.forget()
+            raise
 
+    def _reconcile(self, view: ClusterView) -> HostPlan:
+        self.janitor.release_destroyed(view, self.docker.take_destroyed())
         existing = self.dataplane.ports()
-        containers, docker_ok = self._containers(state)
-        plan = plan_host(
-            state, self.me, containers, existing, mtu=self.mtu,
-            dns_domain=self.config.dns_domain if self.config.dns else None,
-        )
-        self.dns_index = DnsIndex.from_records(r for recs in state.dns.values() for r in recs.records)
+        containers, docker_ok = self._containers(view.local_refs())
+        with view.lock:
+            changes = view.take_remote_changes()
+            if changes.reset:
+                self.applier.forget()
+            revision = view.revision
+            plan = plan_host(
+                view, self.me, containers, existing, mtu=self.mtu,
+                dns_domain=self.config.dns_domain if self.config.dns else None, with_remote=False,
+            )
+            remote_full: dict[int, list[RemoteEntry]] = {}
+            remote_changes: dict[int, dict[str, RemoteEntry | None]] = {}
+            for vni in plan.vnis:
+                table = view.remote(vni)
+                if not self.applier.knows_remote(vni):
+                    remote_full[vni] = list(table.values())
+                elif changes.ips.get(vni):
+                    remote_changes[vni] = {ip: table.get(ip) for ip in changes.ips[vni]}
+            invalid = view.invalid
+            problems = invalid + plan.problems + view.duplicates(plan.vnis)
+            owners = view.vni_owner()
+            own = view.own_items()
 
         # An invalid value written over a working attachment must not detach the container:
         # its ports and records stay frozen as they are until the value is fixed or deleted.
         mine = keys.attachment_key(self.me, "")
-        frozen_refs = {inv.key[len(mine):] for inv in state.invalid if inv.key.startswith(mine)}
+        frozen_refs = {inv.key[len(mine):] for inv in invalid if inv.key.startswith(mine)}
         frozen: set[str] = set()
         if docker_ok:
             for ref in frozen_refs:
@@ -204,41 +230,56 @@ class Agent:
 
         if self.janitor.fix_desired(plan):
             self.wake()  # the writes come back through the watch; plan again then
-        self.janitor.release_unclaimed(state, revision, frozen_refs)
+        self.janitor.release_unclaimed(view, revision, frozen_refs)
 
-        applied = self.applier.apply(plan, existing, state.vni_owner(), docker_ok=docker_ok, frozen=frozen)
+        applied = self.applier.apply(
+            plan, existing, owners, docker_ok=docker_ok, frozen=frozen,
+            remote_full=remote_full, remote_changes=remote_changes,
+        )
         if docker_ok:
             endpoints = {k: v for k, v in plan.endpoints.items() if v.container not in applied.failed}
-            self.publisher.endpoints(items, endpoints, frozen)
-            self.publisher.names(items, {c: r for c, r in plan.dns.items() if c not in applied.failed}, frozen)
-        self.janitor.collect_dead_hosts(state)
-        problems = list(state.invalid) + list(plan.problems) + applied.problems
-        self.publisher.progress(revision, problems)
-        self._count(state, plan, problems)
+            self.publisher.endpoints(own, endpoints, frozen)
+            self.publisher.names(own, {c: r for c, r in plan.dns.items() if c not in applied.failed}, frozen)
+        self.janitor.collect_dead_hosts(view)
+        problems += applied.problems
+        if not self.publisher.progress(revision, problems):
+            self._wake_later(self.publisher.next_progress_in())
+        self._count(view, plan, problems)
         return plan
 
-    def _containers(self, state: ClusterState) -> tuple[dict[str, ContainerInfo | None], bool]:
+    def _wake_later(self, delay: float) -> None:
+        """A pass after `delay` (a progress record held back by the rate limit must still go out)."""
+        timer = threading.Timer(delay, self.wake)
+        timer.daemon = True
+        timer.start()
+
+    def _containers(self, refs: list[str]) -> tuple[dict[str, ContainerInfo | None], bool]:
         """What Docker says of the containers in this host's attachments; (.., False) if it is down."""
-        refs = [ref for (host, ref) in state.attachments if host == self.me and ref != EXPOSE_REF]
+        refs = [ref for ref in refs if ref != EXPOSE_REF]
         try:
             return {ref: self.docker.container(ref) for ref in refs}, True
         except ContainerError as err:
             log.warning("docker unavailable, keeping local ports as they are: %s", err)
             return {}, False
 
-    def _count(self, state: ClusterState, plan: HostPlan, problems: list[Invalid]) -> None:
-        by_state: dict[str, int] = {}
-        for name in set(state.members) | set(state.hosts):
-            rec = state.hosts.get(name)
-            st = "dead" if rec is None else rec.state
-            by_state[st] = by_state.get(st, 0) + 1
+    def _count(self, view: ClusterView, plan: HostPlan, problems: list[Invalid]) -> None:
         s = self.stats
-        s.hosts_by_state = by_state
-        s.peers_alive = sum(1 for h, r in state.hosts.items() if r.state == "alive" and h != self.me)
-        s.local_endpoints = sum(len(p.cidrs) for p in plan.ports.values())
-        s.remote_endpoints = sum(len(v) for v in plan.remote.values())
-        s.invalid_records = len(state.invalid)
         s.reconciles += 1
+        s.local_endpoints = sum(len(p.cidrs) for p in plan.ports.values())
+        s.remote_endpoints = self.applier.remote_count
+        s.invalid_records = len(problems)
+        now = time.monotonic()
+        if now - self._last_count < 1.0:
+            return  # counting hosts walks them all: once a second is enough for metrics
+        self._last_count = now
+        by_state: dict[str, int] = {}
+        with view.lock:
+            for name in set(view.members) | set(view.hosts):
+                rec = view.hosts.get(name)
+                st = "dead" if rec is None else rec.state
+                by_state[st] = by_state.get(st, 0) + 1
+            s.peers_alive = sum(1 for h, r in view.hosts.items() if r.state == "alive" and h != self.me)
+        s.hosts_by_state = by_state
 
     def shutdown(self, *, deadline: float = 1.5) -> None:
         """Graceful stop: keep the kernel as it is, and unbind this host's records from the lease
@@ -247,8 +288,7 @@ class Agent:
 
         def unbind() -> None:
             try:
-                items, _ = self.watcher.snapshot()
-                self.lease_keeper.unbind(self.publisher.own_records(items))
+                self.lease_keeper.unbind(list((k, v) for k, (v, _lease) in self.view.own_items().items()))
             except StoreError as err:
                 log.warning("could not mark host stopped (store unreachable): %s", err)
 

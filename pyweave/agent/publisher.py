@@ -8,6 +8,7 @@ written over a working one) are left as they are until the value is fixed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from store import keys
@@ -15,7 +16,9 @@ from store.records import EndpointRecord, Invalid, dns_value, endpoint_value, pr
 
 log = logging.getLogger("pyweave.agent")
 
-Mirror = Mapping[str, tuple[bytes, int]]  # key -> (value, lease), as the watcher holds it
+PROGRESS_INTERVAL = 0.1  # seconds between two progress records of one host, problems aside
+
+Mirror = Mapping[str, tuple[bytes, int]]  # key -> (value, lease): this host's records in the view
 
 
 class Publisher:
@@ -25,6 +28,7 @@ class Publisher:
         self._lease = lease
         self._last_progress = b""
         self._reported: set[Invalid] = set()
+        self._last_write = 0.0
 
     def _sync(self, mirror: Mirror, prefix: str, want: Mapping[str, bytes], frozen: set[str], what: str) -> None:
         lease = self._lease()
@@ -46,19 +50,25 @@ class Publisher:
         want = {keys.dns_key(self.me, cid): dns_value(recs) for cid, recs in records.items()}
         self._sync(mirror, keys.dns_prefix(self.me), want, frozen, "names of")
 
-    def progress(self, revision: int, problems: list[Invalid]) -> None:
-        """The revision applied and the problems found; written only when it changed."""
+    def progress(self, revision: int, problems: list[Invalid]) -> bool:
+        """The revision applied and the problems found, written when it changed, at most once per
+        `PROGRESS_INTERVAL` unless the problems changed (a burst of events costs one write per
+        host, not one per event). False when a write was held back: the caller passes again later."""
         body = progress_value(revision, problems)
         if body == self._last_progress:
-            return
+            return True
+        fresh = set(problems)
+        if fresh == self._reported and time.monotonic() - self._last_write < PROGRESS_INTERVAL:
+            return False
         for p in problems:
             if p not in self._reported:
                 log.warning("invalid record key=%s problem=%s", p.key, p.problem)
-        self._reported = set(problems)
+        self._reported = fresh
         self.raw.put(keys.progress_key(self.me), body, lease=self._lease())
         self._last_progress = body
+        self._last_write = time.monotonic()
+        return True
 
-    def own_records(self, mirror: Mirror) -> list[tuple[str, bytes]]:
-        """This host's lease-bound records in the mirror (what a graceful stop unbinds)."""
-        prefixes = (keys.endpoint_prefix(self.me), keys.dns_prefix(self.me))
-        return [(key, value) for key, (value, _lease) in mirror.items() if key.startswith(prefixes)]
+    def next_progress_in(self) -> float:
+        return max(0.0, PROGRESS_INTERVAL - (time.monotonic() - self._last_write))
+

@@ -7,6 +7,7 @@ the problems it found), and the progress records of the live peers.
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Callable
 
@@ -36,6 +37,29 @@ def wait_store(raw, timeout: float, what: str) -> None:
     fail(f"{last}; is pyweave launched there, and the address right?")
 
 
+class _Changes:
+    """Events of some prefixes, from a revision on, in one queue (the client's watch threads put,
+    the waiting command gets). Closing cancels the watches."""
+
+    def __init__(self, raw, prefixes: list[str], start_revision: int) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self._cancels = [raw.watch(p, start_revision=start_revision, callback=self.queue.put) for p in prefixes]
+
+    def next(self, timeout: float):
+        """The next WatchBatch (None after `timeout`); a broken watch raises its StoreError."""
+        try:
+            item = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, StoreError):
+            raise item
+        return item
+
+    def close(self) -> None:
+        for cancel in self._cancels:
+            cancel()
+
+
 def wait_attached(
     ctx: Context,
     cid: str,
@@ -47,44 +71,75 @@ def wait_attached(
     """Wait until the agent has published every address in `present` and none in `absent` for
     cid (others may come and go meanwhile: concurrent attaches); returns the store revision of
     the newest publication, or 0 when `gone()` says the container exited. Fails early with the
-    agent's own problem report."""
+    agent's own problem report. Lists once, then watches: no polling of the store."""
     prefix = keys.endpoint_prefix(ctx.me, cid)
     akey = keys.attachment_key(ctx.me, cid)
+    pkey = keys.progress_key(ctx.me)
+    kvs, revision = ctx.raw.list(prefix)
+    have = {kv.key[len(prefix):]: kv.mod_revision for kv in kvs}
+    if present <= set(have) and not (absent & set(have)):
+        return max(have.values(), default=revision)
     deadline = time.monotonic() + timeout
     next_check = time.monotonic() + 0.5
-    while True:
-        kvs, revision = ctx.raw.list(prefix)
-        have = {kv.key[len(prefix):] for kv in kvs}
-        if present <= have and not (absent & have):
-            return max([kv.mod_revision for kv in kvs], default=revision)
-        prog = ctx.raw.get(keys.progress_key(ctx.me))
-        if prog is not None:
-            for p in parse_progress(prog.value).problems:
-                if p.key == akey:
-                    fail(f"the agent could not attach {cid[:12]}: {p.problem}")
-        if time.monotonic() > deadline:
-            fail(f"the agent did not apply the change to {cid[:12]} within {timeout:.0f}s; see {ctx.state.log_path}")
-        if ctx.state.agent_pid() is None:
-            fail("pyweave is not running on this host; run `pyweave launch`")
-        if gone is not None and time.monotonic() > next_check:
+    changes = _Changes(ctx.raw, [prefix, pkey], revision + 1)
+    try:
+        prog = ctx.raw.get(pkey)
+        _check_problems(cid, akey, prog.value if prog else None)
+        while True:
+            batch = changes.next(timeout=0.5)
+            for change in batch.changes if batch else ():
+                if change.key == pkey:
+                    _check_problems(cid, akey, change.value)
+                elif change.value is None:
+                    have.pop(change.key[len(prefix):], None)
+                else:
+                    have[change.key[len(prefix):]] = change.revision
+            if present <= set(have) and not (absent & set(have)):
+                return max(have.values(), default=batch.revision if batch else revision)
+            if time.monotonic() < next_check:
+                continue
             next_check = time.monotonic() + 0.5
-            if gone():
+            if time.monotonic() > deadline:
+                fail(f"the agent did not apply the change to {cid[:12]} within {timeout:.0f}s; see {ctx.state.log_path}")
+            if ctx.state.agent_pid() is None:
+                fail("pyweave is not running on this host; run `pyweave launch`")
+            if gone is not None and gone():
                 return 0  # it exited (`run ... true`): the attachment waits for its next start
-        time.sleep(0.05)
+    finally:
+        changes.close()
+
+
+def _check_problems(cid: str, akey: str, progress: bytes | None) -> None:
+    for p in parse_progress(progress).problems if progress else ():
+        if p.key == akey:
+            fail(f"the agent could not attach {cid[:12]}: {p.problem}")
 
 
 def wait_peers(ctx: Context, revision: int, timeout: float = PEER_BARRIER_TIMEOUT) -> None:
     """Wait until every live peer's agent has processed `revision`, so its kernel knows the new
-    endpoint before anyone pings it. A slow peer only costs the timeout: it is not an error."""
+    endpoint before anyone pings it. A slow peer only costs the timeout: it is not an error.
+    Lists the peers and their progress once, then watches the progress records."""
+    state, _ = ctx.cluster.state("hosts/")
+    alive = {h for h, rec in state.hosts.items() if rec.state == "alive" and h != ctx.me}
+    progress, listed = ctx.raw.list(keys.PROGRESS_ROOT)
+    done = {kv.key[len(keys.PROGRESS_ROOT):]: parse_progress(kv.value).revision for kv in progress}
+    behind = {host for host in alive if done.get(host, 0) < revision}
+    if not behind:
+        return
     deadline = time.monotonic() + timeout
-    behind: list[str] = []
-    while time.monotonic() < deadline:
-        state, _ = ctx.cluster.state("hosts/")
-        alive = [h for h, rec in state.hosts.items() if rec.state == "alive" and h != ctx.me]
-        progress, _ = ctx.raw.list(keys.PROGRESS_ROOT)
-        done = {kv.key[len(keys.PROGRESS_ROOT):]: parse_progress(kv.value).revision for kv in progress}
-        behind = [host for host in alive if done.get(host, 0) < revision]
-        if not behind:
-            return
-        time.sleep(0.05)
-    say(f"warning: peers {', '.join(behind)} have not yet applied the change")
+    changes = _Changes(ctx.raw, [keys.PROGRESS_ROOT, keys.HOSTS], listed + 1)
+    try:
+        while behind and time.monotonic() < deadline:
+            batch = changes.next(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            for change in batch.changes if batch else ():
+                if change.key.startswith(keys.HOSTS):
+                    if change.value is None:  # a peer that died is not waited for
+                        behind.discard(change.key[len(keys.HOSTS):])
+                    continue
+                host = change.key[len(keys.PROGRESS_ROOT):]
+                if change.value is not None and parse_progress(change.value).revision >= revision:
+                    behind.discard(host)
+    finally:
+        changes.close()
+    if behind:
+        say(f"warning: peers {', '.join(sorted(behind))} have not yet applied the change")

@@ -128,3 +128,22 @@ def test_remove_network_and_remove_all_owned(host, namespaces):
     while dp.networks() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dp.networks() == set()
+
+
+def test_update_remote_writes_deltas_and_matches_a_full_sync(host):
+    from dataplane.api import RemoteTable
+
+    ns, dp = host
+    dp.ensure_network(70000)
+    table = RemoteTable()
+    a = RemoteEntry("02:00:00:00:00:0a", "10.0.0.10", "198.18.0.2")
+    b = RemoteEntry("02:00:00:00:00:0b", "10.0.0.11", "198.18.0.3")
+    dp.update_remote(70000, table.update({a.ip: a, b.ip: b}))
+    moved = RemoteEntry(b.mac, b.ip, "198.18.0.4")
+    dp.update_remote(70000, table.update({b.ip: moved, a.ip: None}))
+    fdb = subprocess.run(["ip", "netns", "exec", ns, "bridge", "fdb", "show", "dev", vxlan_name(70000)],
+                         capture_output=True, text=True, check=True).stdout
+    neigh = ip(ns, "neigh", "show", "dev", vxlan_name(70000))
+    assert "02:00:00:00:00:0b dst 198.18.0.4" in fdb and "198.18.0.3" not in fdb and "02:00:00:00:00:0a" not in fdb
+    assert "10.0.0.11 lladdr 02:00:00:00:00:0b PERMANENT" in neigh and "10.0.0.10" not in neigh
+    assert dp.sync_remote(70000, table.entries.values()) == 0  # the deltas left exactly the full state

@@ -113,3 +113,19 @@ def test_duplicate_remote_address_is_reported_once_and_first_kept():
     plan = plan_host(ClusterState.from_items(items), "a", {CID: running()}, {}, mtu=1450)
     assert len(plan.remote[70000]) == 1
     assert len(plan.problems) == 1 and "also published" in plan.problems[0].problem
+
+
+def test_remote_table_turns_entry_changes_into_few_kernel_writes():
+    from dataplane.api import RemoteDelta, RemoteTable
+
+    a1 = RemoteEntry("02:00:00:00:00:0a", "10.0.0.10", "198.18.0.2")
+    a2 = RemoteEntry("02:00:00:00:00:0a", "10.0.0.11", "198.18.0.2")  # same container, second address
+    table = RemoteTable([a1])
+    assert table.update({a2.ip: a2}) == RemoteDelta(neigh_add=((a2.ip, a2.mac),))  # its MAC is known
+    assert table.update({a1.ip: None}) == RemoteDelta(neigh_del=((a1.ip, a1.mac),))  # the MAC stays for a2
+    moved = RemoteEntry(a2.mac, a2.ip, "198.18.0.9")  # its host's underlay address changed
+    assert table.update({a2.ip: moved}) == RemoteDelta(fdb_del=((a2.mac, "198.18.0.2"),), fdb_add=((a2.mac, "198.18.0.9"),))
+    assert table.update({a2.ip: moved}) == RemoteDelta()  # nothing new: nothing to write
+    assert not table.update({a2.ip: moved})
+    assert table.update({a2.ip: None}) == RemoteDelta(fdb_del=((a2.mac, "198.18.0.9"),), neigh_del=((a2.ip, a2.mac),))
+    assert table.entries == {}
