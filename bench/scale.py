@@ -69,7 +69,7 @@ PROFILE_KEYS = (
     ("ClusterState.from_items", "rebuild and validate the whole cluster state"),
     ("plan_host", "plan (local ports, remote entries of every endpoint)"),
     ("StoreWatcher.snapshot", "copy the mirror of every key"),
-    ("Agent._release_unclaimed", "scan every address claim"),
+    ("Janitor.release_unclaimed", "scan every address claim"),
     ("DnsIndex.from_records", "rebuild the DNS index"),
     ("RecordingDataplane.sync_remote", "hand the remote entries to the dataplane"),
 )
@@ -252,7 +252,7 @@ class Simulation:
     def start_etcd(self) -> None:
         client, peer = _free_port(), _free_port()
         url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-        # The flags of pyweave's embedded etcd (pyweave.cli._start_embedded_etcd), on loopback.
+        # The flags of pyweave's embedded etcd (pyweave.processes.start_embedded_etcd), on loopback.
         with open(self.tmp / "etcd.log", "wb") as log:
             self.etcd = self.ctx.spawned.start(
                 ["etcd", "--name", "bench", "--data-dir", str(self.tmp / "etcd"),
@@ -691,10 +691,11 @@ def _limits(own: list[Run], profiled: list[Run], growth: float | None) -> str:
         "cross-check), and plans from scratch (`plan_host` walks every endpoint of the cluster), on every wake-up. "
         "That is O(cluster) work per event on every host, so the total per event is O(hosts x cluster), and each "
         "reconcile takes longer as the cluster grows, which is what the figures show.\n\n"
-        "Suggested change (pyweave/watcher.py, store/cluster.py, pyweave/agent.py; not made here): keep the parsed "
+        "Suggested change (pyweave/watcher.py, store/state.py, pyweave/agent/; not made here): keep the parsed "
         "state, not the raw bytes, and update it per event.\n"
-        "1. `ClusterState.apply(key, value | None)` in store/cluster.py: parse and validate one record and update the "
-        "maps in place (`_add` already parses one key; add the removal, and keep indexes `endpoints_by_vni[vni]` and "
+        "1. `ClusterState.apply(key, value | None)` in store/state.py: parse and validate one record and update the "
+        "maps in place (`parse_entry` already parses one key and `ClusterState._place` files it; add the removal, and "
+        "keep indexes `endpoints_by_vni[vni]` and "
         "`attachments_by_host[host]`). Make `_cross_check` incremental: on a network or host change re-check only "
         "the endpoints of that VNI or host.\n"
         "2. `StoreWatcher` (pyweave/watcher.py) owns one `ClusterState`: `_relist` builds it once, `_apply` calls "
@@ -703,9 +704,9 @@ def _limits(own: list[Run], profiled: list[Run], growth: float | None) -> str:
         "3. `Agent.reconcile` plans the local side from `attachments_by_host[me]`, and hands the dataplane only the "
         "remote entries of the endpoints that changed (a `Dataplane.update_remote(vni, added, removed)` next to "
         "`sync_remote`), keeping the full plan and `sync_remote` for the periodic resync (the `full` flag the loop "
-        "already has). `_release_unclaimed` then scans this host's claims only (`claims_by_host[me]`).\n\n"
+        "already has). `Janitor.release_unclaimed` then scans this host's claims only (`claims_by_host[me]`).\n\n"
         "Per event the agent then does O(changed keys) instead of O(cluster). A smaller, independent win the profile "
-        "points at: `ipaddress` objects built for every record (`_endpoint_cidr`, `_subnet`, `IPv4Address`) and, "
+        "points at: `ipaddress` objects built for every record (`overlay_address`, `_subnet`, `IPv4Address`) and, "
         "in Python 3.11, `functools.cached_property` (`broadcast_address`), which takes a lock shared by every "
         "instance; caching `_subnet` by its string (a cluster has few subnets) and checking the address range with "
         "integers would cut the parse cost until the incremental state lands."
