@@ -59,20 +59,17 @@ def drop_default_routes() -> None:
 
 
 def remove_workloads(name: str) -> None:
-    import docker
+    from pyweave.docker_runtime import Containers
 
     try:
-        client = docker.from_env(timeout=20)
-        found = client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={name}"})
+        docker = Containers()
+        found = docker.list_ids(label=f"{HOST_LABEL}={name}")
     except Exception as err:  # noqa: BLE001
         say(f"warning: cannot list the workload containers of {name}: {err}")
         return
-    for container in found:
-        try:
-            container.remove(force=True)
-            say(f"removed workload container {container.short_id} ({container.name})")
-        except Exception as err:  # noqa: BLE001
-            say(f"warning: could not remove container {container.short_id}: {err}")
+    for cid in found:
+        docker.remove(cid)
+        say(f"removed workload container {cid[:12]}")
 
 
 def run(argv: list[str], timeout: float) -> int:

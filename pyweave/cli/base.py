@@ -44,10 +44,10 @@ def say(message: str) -> None:
 
 
 def open_store(endpoints: list[str]):
-    """The etcd client (imported here, when a command needs the store)."""
-    from store.etcd import EtcdStore
+    """The store as the CLI talks to it: etcd's JSON gateway (`store.http`), no gRPC to load."""
+    from store.http import HttpStore
 
-    return EtcdStore(endpoints, timeout=2.0)
+    return HttpStore(endpoints, timeout=2.0)
 
 
 class Context:

@@ -33,7 +33,7 @@ def run_container(lab: Lab, host: int, *args: str) -> str:
     r = lab.pyweave(host, "run", *args)
     if r.returncode != 0:
         log = lab.state_dir(host) / "agent.log"
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else "(no agent log)"
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:]) if log.exists() else "(no agent log)"
         pytest.fail(f"pyweave run {' '.join(args)} failed: {r.stderr}\nagent log of host {host}:\n{tail}")
     cid = r.stdout.strip()
     assert len(cid) == 64, r.stdout

@@ -512,3 +512,20 @@ def test_bad_restart_policy_is_refused():
 
     with pytest.raises(DockerArgsError, match="not a restart policy"):
         parse_run_args(["--restart", "sometimes", "busybox"])
+
+
+def test_create_kwargs_become_the_engine_api_body():
+    from pyweave.docker_runtime import create_body
+
+    spec = parse_run_args(["-t", "-i", "--name", "web", "-v", "/srv:/data:ro", "-e", "A=1",
+                           "--cap-add", "NET_ADMIN", "--restart", "on-failure:3", "busybox", "sleep", "9"])
+    kwargs = container_create_kwargs(spec)
+    kwargs.update(network_mode="none", dns=["169.254.53.53"], dns_search=["weave.local"])
+    body, name = create_body(kwargs)
+    assert name == "web"
+    assert body["Image"] == "busybox" and body["Cmd"] == ["sleep", "9"] and body["Tty"] and body["OpenStdin"]
+    assert body["Env"] == ["A=1"] and "Volumes" not in body
+    host = body["HostConfig"]
+    assert host["Binds"] == ["/srv:/data:ro"] and host["CapAdd"] == ["NET_ADMIN"]
+    assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    assert (host["NetworkMode"], host["Dns"], host["DnsSearch"]) == ("none", ["169.254.53.53"], ["weave.local"])

@@ -40,8 +40,8 @@ def test_import_contracts_are_kept():
 
 def test_the_cli_loads_no_kernel_etcd_or_docker_client():
     probe = (
-        "import sys, pyweave.cli; "
-        "print(' '.join(sorted(m for m in ('pyroute2', 'grpc', 'pyetcd', 'docker') if m in sys.modules)))"
+        "import sys, pyweave.cli, pyweave.cli.base as b, store.http; "
+        "print(' '.join(sorted(m for m in ('pyroute2', 'grpc', 'pyetcd', 'docker', 'requests') if m in sys.modules)))"
     )
     r = _run(sys.executable, "-c", probe)
     assert r.returncode == 0, r.stderr
