@@ -51,6 +51,7 @@ class HostPlan:
     missing_networks: set[str] = field(default_factory=set)
     missing_claims: list[tuple[OverlayAddress, str, str]] = field(default_factory=list)  # (cidr, host, container ref)
     gone_containers: list[str] = field(default_factory=list)  # attachment refs whose container was removed
+    deferred: list[str] = field(default_factory=list)  # attachment refs Docker was not asked about yet
     problems: list[Invalid] = field(default_factory=list)
 
 
@@ -73,6 +74,11 @@ def plan_host(
     left out, for a caller that keeps them per event (`ClusterView.remote`)."""
     plan = HostPlan()
     for ref, att in state.local_attachments(me):
+        if ref != EXPOSE_REF and ref not in containers:
+            # Docker was not asked about it (the attachment arrived after the lookups of this
+            # pass): plan it next pass. Absent is not gone; only Docker's None means gone.
+            plan.deferred.append(ref)
+            continue
         info = containers.get(ref)
         _plan_attachment(plan, state, me, ref, att, info, existing_ports, mtu)
         if dns_domain and info is not None and ref != EXPOSE_REF:

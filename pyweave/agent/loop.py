@@ -222,14 +222,14 @@ class Agent:
         # its ports and records stay frozen as they are until the value is fixed or deleted.
         mine = keys.attachment_key(self.me, "")
         frozen_refs = {inv.key[len(mine):] for inv in invalid if inv.key.startswith(mine)}
-        frozen: set[str] = set()
+        frozen: set[str] = set(plan.deferred)  # not planned this pass: leave them as they are
         if docker_ok:
             for ref in frozen_refs:
                 info = self.docker.container(ref) if ref != EXPOSE_REF else None
                 frozen.add(info.id if info else ref)
 
-        if self.janitor.fix_desired(plan):
-            self.wake()  # the writes come back through the watch; plan again then
+        if self.janitor.fix_desired(plan) or plan.deferred:
+            self.wake()  # the writes come back through the watch (or the lookups are due): plan again
         self.janitor.release_unclaimed(view, revision, frozen_refs)
 
         applied = self.applier.apply(
