@@ -100,10 +100,12 @@ class Invalid:
 
 @dataclass(frozen=True)
 class Progress:
-    """What an agent last applied (`/pyweave/progress/v1/<host>`): a store revision and problems."""
+    """What an agent last applied (`/pyweave/progress/v1/<host>`): a store revision, problems, and
+    the VNIs of the networks it programs (None: not said, as by an older agent)."""
 
     revision: int = 0
     problems: tuple[Invalid, ...] = ()
+    vnis: tuple[int, ...] | None = None
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -147,8 +149,9 @@ def tombstone_value(since: float) -> bytes:
     return _dump({"since": since}, compact=False)
 
 
-def progress_value(revision: int, problems: Iterable[Invalid]) -> bytes:
-    return json.dumps({"revision": revision, "problems": [asdict(p) for p in problems]}, sort_keys=True).encode()
+def progress_value(revision: int, problems: Iterable[Invalid], vnis: Iterable[int] = ()) -> bytes:
+    body = {"revision": revision, "problems": [asdict(p) for p in problems], "vnis": sorted(vnis)}
+    return json.dumps(body, sort_keys=True).encode()
 
 
 def parse_progress(raw: bytes) -> Progress:
@@ -156,7 +159,8 @@ def parse_progress(raw: bytes) -> Progress:
     try:
         obj = json.loads(raw)
         problems = tuple(Invalid(str(p["key"]), str(p["problem"])) for p in obj.get("problems", []))
-        return Progress(int(obj.get("revision", 0)), problems)
+        vnis = tuple(int(v) for v in obj["vnis"]) if isinstance(obj.get("vnis"), list) else None
+        return Progress(int(obj.get("revision", 0)), problems, vnis)
     except (ValueError, TypeError, KeyError, AttributeError):
         return Progress()
 

@@ -242,7 +242,8 @@ class Agent:
             self.publisher.names(own, {c: r for c, r in plan.dns.items() if c not in applied.failed}, frozen)
         self.janitor.collect_dead_hosts(view)
         problems += applied.problems
-        if not self.publisher.progress(revision, problems):
+        urgent = bool(remote_full) or any(remote_changes.values()) or changes.local
+        if not self.publisher.progress(revision, problems, vnis=plan.vnis, urgent=urgent):
             self._wake_later(self.publisher.next_progress_in())
         self._count(view, plan, problems)
         return plan

@@ -16,7 +16,10 @@ from store.records import EndpointRecord, Invalid, dns_value, endpoint_value, pr
 
 log = logging.getLogger("pyweave.agent")
 
-PROGRESS_INTERVAL = 0.1  # seconds between two progress records of one host, problems aside
+# Seconds between two progress records of one host when only the revision moved: short while the
+# kernel changes (someone may wait for this host: the CLI's first-ping barrier), long otherwise.
+PROGRESS_INTERVAL = 0.25
+PROGRESS_IDLE_INTERVAL = 5.0
 
 Mirror = Mapping[str, tuple[bytes, int]]  # key -> (value, lease): this host's records in the view
 
@@ -29,6 +32,8 @@ class Publisher:
         self._last_progress = b""
         self._reported: set[Invalid] = set()
         self._last_write = 0.0
+        self._vnis: set[int] = set()
+        self._interval = PROGRESS_IDLE_INTERVAL
 
     def _sync(self, mirror: Mirror, prefix: str, want: Mapping[str, bytes], frozen: set[str], what: str) -> None:
         lease = self._lease()
@@ -50,15 +55,18 @@ class Publisher:
         want = {keys.dns_key(self.me, cid): dns_value(recs) for cid, recs in records.items()}
         self._sync(mirror, keys.dns_prefix(self.me), want, frozen, "names of")
 
-    def progress(self, revision: int, problems: list[Invalid]) -> bool:
-        """The revision applied and the problems found, written when it changed, at most once per
-        `PROGRESS_INTERVAL` unless the problems changed (a burst of events costs one write per
-        host, not one per event). False when a write was held back: the caller passes again later."""
-        body = progress_value(revision, problems)
+    def progress(self, revision: int, problems: list[Invalid], *, vnis: set[int], urgent: bool) -> bool:
+        """The revision applied, the problems found and the networks programmed, written when it
+        changed: at once when the problems or the networks changed, else at most once per
+        `PROGRESS_INTERVAL` if this pass changed the kernel (`urgent`), once per
+        `PROGRESS_IDLE_INTERVAL` if not. A burst of events thus costs a few writes per host, not
+        one per event. False when a write was held back: the caller passes again later."""
+        body = progress_value(revision, problems, vnis)
         if body == self._last_progress:
             return True
         fresh = set(problems)
-        if fresh == self._reported and time.monotonic() - self._last_write < PROGRESS_INTERVAL:
+        self._interval = PROGRESS_INTERVAL if urgent else min(self._interval, PROGRESS_IDLE_INTERVAL)
+        if fresh == self._reported and vnis == self._vnis and time.monotonic() - self._last_write < self._interval:
             return False
         for p in problems:
             if p not in self._reported:
@@ -67,8 +75,10 @@ class Publisher:
         self.raw.put(keys.progress_key(self.me), body, lease=self._lease())
         self._last_progress = body
         self._last_write = time.monotonic()
+        self._vnis = set(vnis)
+        self._interval = PROGRESS_IDLE_INTERVAL
         return True
 
     def next_progress_in(self) -> float:
-        return max(0.0, PROGRESS_INTERVAL - (time.monotonic() - self._last_write))
+        return max(0.0, self._interval - (time.monotonic() - self._last_write))
 

@@ -112,19 +112,18 @@ def attach_and_wait(
     the addresses this call added are detached again."""
     added: list[OverlayAddress] = []
     try:
-        for c in cidrs:
-            ctx.cluster.ensure_network(c.network)
+        vnis = {ctx.cluster.ensure_network(c.network).vni for c in cidrs}
         if cidrs:
             added += ctx.cluster.attach(ctx.me, cid, cidrs)
         allocated = []
         for subnet in subnets:
-            ctx.cluster.ensure_network(subnet)
+            vnis.add(ctx.cluster.ensure_network(subnet).vni)
             allocated.append(ctx.cluster.allocate(ctx.me, cid, subnet))
             added.append(allocated[-1])
         want = {str(c.ip) for c in cidrs} | {str(c.ip) for c in allocated}
         revision = wait_attached(ctx, cid, want, gone=gone)
         if revision:
-            wait_peers(ctx, revision)
+            wait_peers(ctx, revision, vnis)
     except BaseException:
         if added:
             try:

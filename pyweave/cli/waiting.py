@@ -115,15 +115,22 @@ def _check_problems(cid: str, akey: str, progress: bytes | None) -> None:
             fail(f"the agent could not attach {cid[:12]}: {p.problem}")
 
 
-def wait_peers(ctx: Context, revision: int, timeout: float = PEER_BARRIER_TIMEOUT) -> None:
-    """Wait until every live peer's agent has processed `revision`, so its kernel knows the new
-    endpoint before anyone pings it. A slow peer only costs the timeout: it is not an error.
-    Lists the peers and their progress once, then watches the progress records."""
+def wait_peers(ctx: Context, revision: int, vnis: set[int], timeout: float = PEER_BARRIER_TIMEOUT) -> None:
+    """Wait until every live peer that programs one of these networks has processed `revision`,
+    so its kernel knows the new endpoint before anyone pings it (a peer with no port on them has
+    nothing to program; one that gets a port later reads the endpoint then). A slow peer only
+    costs the timeout: it is not an error. Lists the peers and their progress once, then watches
+    the progress records."""
     state, _ = ctx.cluster.state("hosts/")
     alive = {h for h, rec in state.hosts.items() if rec.state == "alive" and h != ctx.me}
     progress, listed = ctx.raw.list(keys.PROGRESS_ROOT)
-    done = {kv.key[len(keys.PROGRESS_ROOT):]: parse_progress(kv.value).revision for kv in progress}
-    behind = {host for host in alive if done.get(host, 0) < revision}
+    known = {kv.key[len(keys.PROGRESS_ROOT):]: parse_progress(kv.value) for kv in progress}
+
+    def concerned(host: str) -> bool:
+        p = known.get(host)
+        return p is None or p.vnis is None or bool(vnis & set(p.vnis))
+
+    behind = {h for h in alive if concerned(h) and (h not in known or known[h].revision < revision)}
     if not behind:
         return
     deadline = time.monotonic() + timeout
@@ -137,8 +144,10 @@ def wait_peers(ctx: Context, revision: int, timeout: float = PEER_BARRIER_TIMEOU
                         behind.discard(change.key[len(keys.HOSTS):])
                     continue
                 host = change.key[len(keys.PROGRESS_ROOT):]
-                if change.value is not None and parse_progress(change.value).revision >= revision:
-                    behind.discard(host)
+                if change.value is not None:
+                    known[host] = parse_progress(change.value)
+                    if known[host].revision >= revision or not concerned(host):
+                        behind.discard(host)
     finally:
         changes.close()
     if behind:
