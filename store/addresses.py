@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
 
 MIN_PREFIXLEN = 8
 MAX_PREFIXLEN = 30
@@ -46,12 +45,8 @@ class OverlaySubnet(ipaddress.IPv4Network):
 
     def __init__(self, subnet: str | ipaddress.IPv4Network, *, text: str | None = None) -> None:
         """`text`: what the user wrote, quoted in error messages (default: `subnet` itself)."""
-        shown = text if text is not None else str(subnet)
-        if isinstance(subnet, ipaddress.IPv4Network):
-            subnet = str(subnet)
-        interface = _parse_cidr(shown, subnet, example="10.2.0.0/16")
+        shown, interface = _parse(subnet, text, example="10.2.0.0/16")
         network = interface.network
-        _check_prefixlen(shown, network.prefixlen)
         if interface.ip != network.network_address:
             raise AddressError(f"{subnet} has host bits set; did you mean {network}?")
         _check_ordinary_range(shown, network)
@@ -61,10 +56,6 @@ class OverlaySubnet(ipaddress.IPv4Network):
         """The one overlap rule: two networks conflict when they overlap but are not the same."""
         return self != other and self.overlaps(other)
 
-    def first_conflict(self, others: Iterable[ipaddress.IPv4Network]) -> ipaddress.IPv4Network | None:
-        """The first of `others` (in their order) that this subnet conflicts with, if any."""
-        return next((other for other in others if self.conflicts(other)), None)
-
 
 class OverlayAddress(ipaddress.IPv4Interface):
     """One address on one overlay network, e.g. 10.0.0.1/24: the IP and the subnet it lives in."""
@@ -73,12 +64,8 @@ class OverlayAddress(ipaddress.IPv4Interface):
 
     def __init__(self, address: str | ipaddress.IPv4Interface, *, text: str | None = None) -> None:
         """`text`: what the user wrote, quoted in error messages (default: `address` itself)."""
-        shown = text if text is not None else str(address)
-        if isinstance(address, ipaddress.IPv4Interface):
-            address = str(address)
-        interface = _parse_cidr(shown, address, example="10.0.0.1/24")
+        shown, interface = _parse(address, text, example="10.0.0.1/24")
         network = interface.network
-        _check_prefixlen(shown, network.prefixlen)
         _check_ordinary_range(shown, network)
         ip = interface.ip
         suggestion = f"{network.network_address + 1}/{network.prefixlen}"
@@ -101,6 +88,15 @@ class OverlayAddress(ipaddress.IPv4Interface):
     def cidr(self) -> str:
         """`10.0.0.1/24`: the form stored in etcd and shown to users."""
         return f"{self.ip}/{self.network.prefixlen}"
+
+
+def _parse(value: object, text: str | None, *, example: str) -> tuple[str, ipaddress.IPv4Interface]:
+    """(what to quote in errors, the parsed CIDR) with a prefix length /8 to /30."""
+    body = str(value)
+    shown = text if text is not None else body
+    interface = _parse_cidr(shown, body, example)
+    _check_prefixlen(shown, interface.network.prefixlen)
+    return shown, interface
 
 
 def _parse_cidr(text: str, body: str, example: str) -> ipaddress.IPv4Interface:

@@ -32,6 +32,14 @@ def _docker():
         fail(str(err))
 
 
+def _running(ref: str):
+    """The running container `ref`, or a failure that says how to get there."""
+    try:
+        return _docker().require_running(ref)
+    except ContainerError as err:
+        fail(str(err))
+
+
 def parse_addresses(words: list[str]) -> list[OverlayAddress]:
     """Exact addresses only (`CIDR`, `ip:CIDR`)."""
     out = []
@@ -197,10 +205,7 @@ def attach(words: list[str] = typer.Argument(..., metavar="[ADDRESS...] CONTAINE
     cidrs, requested = parse_requests(addr_words)
     c = Context()
     c.require_agent()
-    try:
-        info = _docker().require_running(ref)
-    except ContainerError as err:
-        fail(str(err))
+    info = _running(ref)
     subnets = precheck(c, cidrs, requested, info.id)
     attached = attach_and_wait(c, info.id, cidrs, subnets)
     typer.echo(" ".join(str(x.ip) for x in attached))
@@ -222,10 +227,7 @@ def detach(words: list[str] = typer.Argument(..., metavar="[CIDR...] CONTAINER")
     cidrs = parse_addresses(addr_words)
     c = Context()
     c.require_agent()
-    try:
-        info = _docker().require_running(ref)
-    except ContainerError as err:
-        fail(str(err))
+    info = _running(ref)
     att = c.cluster.attachment(c.me, info.id)
     current = {x.ip for x in att.cidrs} if att else set()
     for x in cidrs:
