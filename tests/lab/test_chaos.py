@@ -2,7 +2,12 @@
 
 Scenarios 5 (etcd cluster losing its leader) and 6 (Docker daemon restart) need a lab of their own:
 tests/lab/test_chaos_cluster.py and tests/lab/test_chaos_docker.py. Each scenario records what it
-measured; the lab conftest writes docs/reliability.md from it.
+measured; the lab conftest writes docs/reliability.md from it. Timing targets (labtools.TARGETS) are
+reported there with their verdict, never asserted: a deadline here only bounds a wait.
+
+The tests share the module's lab and its three containers (the fixture's), never what another test
+made; a test that breaks the lab (stops etcd, kills an agent or a host) restores it, also on failure,
+so any one of them passes alone or in any order.
 """
 
 import json
@@ -15,8 +20,8 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from labtools import TARGETS, cpu_seconds, docker, mac_of, ping, ping_loss, record, run_container, wait_for
 
-from labtools import RELIABILITY, cpu_seconds, docker, mac_of, ping, ping_loss, record, run_container, wait_for
 from pyweave.host import HostConfig, pid_alive
 from pyweave_lab import Lab, leftovers
 
@@ -56,6 +61,39 @@ def chaos():
     assert not leftovers(prefix)
 
 
+def cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode() for a in f.read().split(b"\0") if a]
+
+
+def restart_etcd(lab: Lab, argv: list[str]) -> None:
+    """Start h1's embedded etcd again as it was started (same argv), and wait until it answers."""
+    restarted = lab.spawn(0, *argv, log=lab.state_dir(0) / "etcd.log")
+    (lab.state_dir(0) / "etcd.pid").write_text(str(restarted.pid))
+    wait_for(lambda: lab.etcdctl(1, "endpoint", "health", check=False).returncode == 0, timeout=20,
+             message="etcd back")
+
+
+@pytest.fixture(autouse=True)
+def restored(chaos):
+    """After each test, the lab as the module's fixture made it: etcd answering, every host present
+    with its agent running. Tests that stop one of them start it again themselves; this covers a
+    test that failed midway, so the next one does not depend on how the previous one ended."""
+    lab = chaos.lab
+    etcd_argv = cmdline(int((lab.state_dir(0) / "etcd.pid").read_text()))
+    yield
+    if not pid_alive(int((lab.state_dir(0) / "etcd.pid").read_text())):
+        restart_etcd(lab, etcd_argv)
+    present = set(lab.exec(0, "ip", "netns", "list").stdout.split())
+    for i, host in enumerate(lab.hosts):
+        if host.name not in present:
+            lab.add_host_namespace(host, i + 1)
+        pid = lab.agent_pid(i)
+        if pid is None or not pid_alive(pid):
+            r = lab.pyweave(i, "launch", *([] if i == 0 else [lab.hosts[0].address]))
+            assert r.returncode == 0, r.stderr
+
+
 def pinger(cid: str, ip: str, count: int) -> subprocess.Popen:
     return subprocess.Popen(
         ["docker", "exec", cid, "ping", "-i", "0.2", "-c", str(count), "-W", "1", ip],
@@ -72,7 +110,7 @@ def wait_until(deadline: float) -> None:
 def test_1_etcd_outage_loses_no_ping_agents_back_off_cli_fails_fast(chaos):
     lab = chaos.lab
     etcd_pid = int((lab.state_dir(0) / "etcd.pid").read_text())
-    argv = [a.decode() for a in open(f"/proc/{etcd_pid}/cmdline", "rb").read().split(b"\0") if a]
+    argv = cmdline(etcd_pid)
     ping_run = pinger(chaos.c[0], f"{NET}.2", 250)  # 50 s at 5/s
     try:
         os.kill(etcd_pid, signal.SIGTERM)
@@ -91,17 +129,13 @@ def test_1_etcd_outage_loses_no_ping_agents_back_off_cli_fails_fast(chaos):
         before = [cpu_seconds(p) for p in agents]
         wait_until(window_start + 15)
         cpu = [(cpu_seconds(p) - b) / (time.monotonic() - window_start) for p, b in zip(agents, before)]
-        assert max(cpu) < 0.05, f"agents busy during the outage: {cpu}"
         wait_until(down_at + 30)
-        restarted = lab.spawn(0, *argv, log=lab.state_dir(0) / "etcd.log")
-        (lab.state_dir(0) / "etcd.pid").write_text(str(restarted.pid))
-        wait_for(lambda: lab.etcdctl(1, "endpoint", "health", check=False).returncode == 0, timeout=20,
-                 message="etcd back")
+        restart_etcd(lab, argv)
         name = f"{lab.prefix}-late"
         docker("run", "-d", "--network", "none", "--name", name, "busybox", "sleep", "3600", check=True)
         written = time.monotonic()
         lab.etcdctl(1, "put", f"/pyweave/v1/attachments/{lab.hosts[1].name}/{name}", f'{{"cidrs": ["{NET}.50/24"]}}')
-        wait_for(lambda: f"{NET}.50/24" in docker("exec", name, "ip", "-o", "-4", "addr").stdout, timeout=2.0,
+        wait_for(lambda: f"{NET}.50/24" in docker("exec", name, "ip", "-o", "-4", "addr").stdout, timeout=30,
                  message="an intent written after the outage")
         apply_seconds = time.monotonic() - written
         out, _ = ping_run.communicate(timeout=90)
@@ -109,10 +143,14 @@ def test_1_etcd_outage_loses_no_ping_agents_back_off_cli_fails_fast(chaos):
         ping_run.kill()
     sent, received = ping_loss(out)
     assert sent == received, out
-    record(1, "etcd stopped for 30 s",
+    record(1,
            f"{sent} pings at 5/s, {sent - received} lost; agent CPU during the outage "
            f"{', '.join(f'{c * 100:.1f}%' for c in cpu)} of a core; CLI answered `store unreachable` in "
-           f"{cli_seconds:.1f} s (exit 1); an intent written after the restart applied in {apply_seconds:.2f} s")
+           f"{cli_seconds:.1f} s (exit 1); an intent written after the restart applied in {apply_seconds:.2f} s",
+           targets=[TARGETS["outage_cpu"].verdict(max(cpu) * 100, 1),
+                    TARGETS["intent_after_outage"].verdict(apply_seconds)])
+
+
 
 
 def test_2_watch_behind_a_compaction_relists_and_converges(chaos):
@@ -139,7 +177,7 @@ def test_2_watch_behind_a_compaction_relists_and_converges(chaos):
     took = time.monotonic() - started
     assert "listing again" in chaos.agent_log(1)
     assert ping(chaos.c[1], f"{NET}.61")
-    record(2, "watch behind a compacted revision",
+    record(2,
            f"re-listed and converged {took:.2f} s after the watch resumed (1 endpoint added, 1 removed, "
            f"200 other writes, compaction at revision {revision})")
 
@@ -164,7 +202,7 @@ def test_3_agent_killed_while_others_change_converges_and_collects_garbage(chaos
     assert inv["bridges"] == inv["vxlans"] == 1 and inv["fdb"] == inv["neigh"]
     assert "File exists" not in chaos.agent_log(1)
     assert ping(chaos.c[1], f"{NET}.70")
-    record(3, "agent SIGKILL while other hosts add and remove containers",
+    record(3,
            f"converged {took:.2f} s after `launch` (stale entry collected, new one added); "
            f"kernel objects afterwards {inv}; no 'File exists'")
 
@@ -195,7 +233,7 @@ def test_7_devices_and_entries_deleted_by_hand_come_back(chaos):
             lab.exec(1, *argv, check=True)
             assert not repaired()
             start = time.monotonic()
-            wait_for(lambda: repaired() and ping(chaos.c[1], f"{NET}.1", wait=1), timeout=15, interval=0.2,
+            wait_for(lambda: repaired() and ping(chaos.c[1], f"{NET}.1", wait=1), timeout=40, interval=0.2,
                      message=f"repair of the {what}")
             took[what] = time.monotonic() - start
         out, _ = other.communicate(timeout=90)
@@ -203,10 +241,10 @@ def test_7_devices_and_entries_deleted_by_hand_come_back(chaos):
         other.kill()
     sent, received = ping_loss(out)
     assert sent == received, out
-    assert max(took.values()) <= 12
-    record(7, "bridge, VXLAN device, FDB and neighbour entry deleted by hand",
+    record(7,
            "restored in " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items())
-           + f" (resync period {HostConfig.resync_interval:.0f} s); other traffic: {sent - received} of {sent} pings lost")
+           + f" (resync period {HostConfig.resync_interval:g} s); other traffic: {sent - received} of {sent} pings lost",
+           targets=[TARGETS["repair"].verdict(max(took.values()), 1)])
 
 
 def test_4_dead_host_vanishes_everywhere_and_returns_with_its_identity(chaos):
@@ -228,8 +266,8 @@ def test_4_dead_host_vanishes_everywhere_and_returns_with_its_identity(chaos):
     assert json.loads(lab.pyweave(2, "status", "--json").stdout)["host"]["vtep_mac"] == vtep
     wait_for(lambda: f"{mac3} dev" in chaos.fdb(0) and "dst 198.18.0.3" in chaos.fdb(0), timeout=5, message="peer entry")
     assert ping(chaos.c[0], f"{NET}.3") and ping(chaos.c[2], f"{NET}.2")
-    record(4, "host death (agent killed, namespace removed), then return",
-           f"its endpoints vanished from both peers {vanished:.1f} s after the death (lease TTL 10 s); "
+    record(4,
+           f"its endpoints vanished from both peers {vanished:.1f} s after the death (lease TTL {HostConfig.lease_ttl:g} s); "
            "it came back with the same VTEP MAC and container MAC, and pings resumed")
 
 
@@ -264,26 +302,28 @@ def test_8_bad_data_is_reported_by_key_and_everything_else_stays(chaos):
     cases = {k: (("/pyweave/v1/" + key).format(**names), value, problem) for k, (key, value, problem) in BAD.items()}
     cases["duplicate address"] = (f"/pyweave/v1/attachments/{names['h2']}/{dup}", f'{{"cidrs": ["{NET}.1/24"]}}',
                                   f"address {NET}.1 is held by container")
-    for key, value, _ in cases.values():
-        lab.etcdctl(0, "put", key, value)
 
     def reported() -> bool:
         data = json.loads(lab.pyweave(0, "status", "--json").stdout)
         problems = {(p["key"], p["problem"]) for p in data["problems"]}
         return all(any(k == key and problem in text for k, text in problems) for key, _, problem in cases.values())
 
-    wait_for(reported, timeout=10, interval=0.5, message="every bad record in `pyweave status`")
-    assert "problem: /pyweave/v1/" in lab.pyweave(0, "status").stdout
-    assert all(pid_alive(lab.agent_pid(i)) for i in range(3))
-    assert ping(chaos.c[0], f"{NET}.2") and ping(chaos.c[1], f"{NET}.3")
-    fresh = run_container(lab, 2, f"{NET}.80/24", "busybox", "sleep", "3600")
-    assert ping(chaos.c[0], f"{NET}.80") and fresh
-    assert "invalid record key=" in chaos.agent_log(0)
-    for key, _, _ in cases.values():
-        lab.etcdctl(0, "del", key)
-    record(8, "bad data written with etcdctl",
+    try:
+        for key, value, _ in cases.values():
+            lab.etcdctl(0, "put", key, value)
+        wait_for(reported, timeout=10, interval=0.5, message="every bad record in `pyweave status`")
+        assert "problem: /pyweave/v1/" in lab.pyweave(0, "status").stdout
+        assert all(pid_alive(lab.agent_pid(i)) for i in range(3))
+        assert ping(chaos.c[0], f"{NET}.2") and ping(chaos.c[1], f"{NET}.3")
+        fresh = run_container(lab, 2, f"{NET}.80/24", "busybox", "sleep", "3600")
+        assert ping(chaos.c[0], f"{NET}.80") and fresh
+        assert "invalid record key=" in chaos.agent_log(0)
+    finally:
+        for key, _, _ in cases.values():
+            lab.etcdctl(0, "del", key, check=False)
+    record(8,
            f"{len(cases)} kinds ({', '.join(cases)}) each reported by `pyweave status` with its key; "
-           "agents kept running; existing and new containers kept working")
+           "agents kept running; existing and new containers kept working", part="etcdctl")
 
 
 KINDS = ["hosts/fuzz-{a}", "networks/{net}", "attachments/fuzz-{a}/{b}", "attachments/{host}/fuzz-{b}",
@@ -348,23 +388,18 @@ def test_8_property_random_values_never_crash_an_agent(chaos, tmp_path):
 
     assert sum(written) >= 1000
     assert all(pid_alive(lab.agent_pid(i)) for i in range(3))
-    row = RELIABILITY.get(8, {"scenario": "bad data written with etcdctl", "measured": ""})
-    row["measured"] = (row["measured"] + "; " if row["measured"] else "") + (
-        f"property test: {sum(written)} random keys and values (hypothesis) written under /pyweave/v1/, "
-        "no agent crashed, valid records stayed in force"
-    )
-    RELIABILITY[8] = row
+    record(8, f"property test: {sum(written)} random keys and values (hypothesis) written under /pyweave/v1/, "
+              "no agent crashed, valid records stayed in force", part="property")
 
 
-def test_9_sigterm_stops_within_2s_and_traffic_continues(chaos):
+def test_9_sigterm_stops_the_agent_and_traffic_continues(chaos):
     lab = chaos.lab
     pid = lab.agent_pid(0)
     start = time.monotonic()
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not pid_alive(pid), timeout=5, message="the agent to stop")
+    wait_for(lambda: not pid_alive(pid), timeout=15, message="the agent to stop")
     took = time.monotonic() - start
-    assert took < 2.0
     assert ping(chaos.c[0], f"{NET}.2") and ping(chaos.c[2], f"{NET}.1")
     r = lab.pyweave(0, "launch")
     assert r.returncode == 0, r.stderr
-    record(9, "SIGTERM to an agent", f"stopped in {took:.2f} s; containers kept talking")
+    record(9, f"stopped in {took:.2f} s; containers kept talking", targets=[TARGETS["sigterm"].verdict(took)])
