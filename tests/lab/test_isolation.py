@@ -1,7 +1,11 @@
-"""Issue 3's acceptance: several networks, attach/detach/expose/hide without restarts, real isolation."""
+"""Issue 3's acceptance: several networks, attach/detach/expose/hide without restarts, real isolation.
+
+The tests share the module's launched lab and the `holder` fixture's containers; each runs its own
+containers on subnets no other test uses, compares kernel state with what it was before its own
+change, and undoes what it changes on a host (forwarding, exposed addresses) also on failure.
+"""
 
 import pytest
-
 from labtools import docker, mac_of, ping, reachable, run_container, store_dump, wait_for
 
 pytestmark = pytest.mark.lab
@@ -19,11 +23,12 @@ def test_tutorial_isolation_sequence_across_hosts(launched_lab):
     started = docker("inspect", "-f", "{{.State.StartedAt}}", c).stdout
     assert reachable(c, ["10.0.0.1", "10.10.0.1"]) == {"10.0.0.1"}
 
+    bridges = lab.inventory(0)["bridges"]
     r = lab.pyweave(0, "detach", "10.0.0.2/24", c)
     assert (r.returncode, r.stdout.strip()) == (0, "10.0.0.2"), r.stderr
     assert "ethwe" not in docker("exec", c, "ip", "link").stdout
     # the last endpoint of 10.0.0.0/24 left host 1: its devices go too
-    assert lab.inventory(0)["bridges"] == 0
+    assert lab.inventory(0)["bridges"] == bridges - 1
 
     r = lab.pyweave(0, "attach", "10.10.0.2/24", c)
     assert (r.returncode, r.stdout.strip()) == (0, "10.10.0.2"), r.stderr
@@ -67,6 +72,14 @@ def test_spoofing_container_cannot_reach_another_network(launched_lab):
     # Make the host of the spoofer as tempting as possible: exposed on both networks, forwarding on.
     assert lab.pyweave(0, "expose", "10.60.0.100/24", "10.61.0.100/24").returncode == 0
     lab.exec(0, "sysctl", "-w", "net.ipv4.ip_forward=1", check=True)
+    try:
+        spoofing_fails(lab, spoofer, legit_y, target_y)
+    finally:
+        lab.exec(0, "sysctl", "-w", "net.ipv4.ip_forward=0", check=True)
+        assert lab.pyweave(0, "hide", "10.60.0.100/24", "10.61.0.100/24").returncode == 0
+
+
+def spoofing_fails(lab, spoofer: str, legit_y: str, target_y: str) -> None:
     assert wait_for(lambda: ping(legit_y, "10.61.0.2") and lab.exec(0, "busybox", "ping", "-c1", "-W1", "10.61.0.2").returncode == 0,
                     timeout=5, message="positive controls")
     target_mac = mac_of(target_y)
@@ -87,8 +100,6 @@ def test_spoofing_container_cannot_reach_another_network(launched_lab):
     docker("exec", spoofer, "arping", "-U", "-c", "2", "-I", "ethwe", "-s", "10.61.0.2", "10.61.0.100")
     assert not ping(spoofer, "10.61.0.2")
     assert ping(legit_y, "10.61.0.2"), "the spoofer disturbed the other network"
-    lab.exec(0, "sysctl", "-w", "net.ipv4.ip_forward=0", check=True)
-    assert lab.pyweave(0, "hide", "10.60.0.100/24", "10.61.0.100/24").returncode == 0
 
 
 def test_expose_and_hide(launched_lab):

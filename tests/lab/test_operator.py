@@ -1,13 +1,17 @@
 """Issue 7's operator view on a lab: Prometheus metrics against the lab's state, structured logs,
-`pyweave report`."""
+`pyweave report`.
+
+The module's fixture makes the lab and its three containers; every test only reads them (or undoes
+what it writes), so any one passes alone or in any order.
+"""
 
 import json
 import re
 import sys
 
 import pytest
-
 from labtools import run_container, wait_for
+
 from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
@@ -30,19 +34,19 @@ def metrics(lab: Lab, from_host: int, of_host: int) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def lab():
+    """Two hosts; 10.120.0.1 and .2 on host 1, 10.120.0.3 on host 2."""
     with Lab(2) as lab:
         assert lab.pyweave(0, "launch").returncode == 0
         assert lab.pyweave(1, "launch", lab.hosts[0].address).returncode == 0
+        for i in range(2):
+            run_container(lab, 0, f"10.120.0.{i + 1}/24", "busybox", "sleep", "3600")
+        run_container(lab, 1, "10.120.0.3/24", "busybox", "sleep", "3600")
         yield lab
         prefix = lab.prefix
     assert not leftovers(prefix)
 
 
 def test_metrics_match_the_lab(lab):
-    for i in range(2):
-        run_container(lab, 0, f"10.120.0.{i + 1}/24", "busybox", "sleep", "3600")
-    run_container(lab, 1, "10.120.0.3/24", "busybox", "sleep", "3600")
-
     def expected() -> dict | None:
         m = metrics(lab, 1, 0)  # host 2 scrapes host 1, over the underlay
         ok = (
@@ -58,9 +62,13 @@ def test_metrics_match_the_lab(lab):
     m = wait_for(expected, timeout=10, interval=0.5, message="metrics matching the lab")
     assert m["pyweave_reconcile_total"] > 0 and m["pyweave_reconcile_seconds_total"] > 0
     assert m["pyweave_watch_relists_total"] >= 1
-    lab.etcdctl(0, "put", "/pyweave/v1/networks/10.121.0.0-24", '{"subnet": "10.121.0.0/24", "vni": "x"}')
-    wait_for(lambda: metrics(lab, 1, 0).get("pyweave_records_invalid") == 1, timeout=5, message="invalid record counted")
-    lab.etcdctl(0, "del", "/pyweave/v1/networks/10.121.0.0-24")
+    try:
+        lab.etcdctl(0, "put", "/pyweave/v1/networks/10.121.0.0-24", '{"subnet": "10.121.0.0/24", "vni": "x"}')
+        wait_for(lambda: metrics(lab, 1, 0).get("pyweave_records_invalid") == 1, timeout=5,
+                 message="invalid record counted")
+    finally:
+        lab.etcdctl(0, "del", "/pyweave/v1/networks/10.121.0.0-24", check=False)
+    wait_for(lambda: metrics(lab, 1, 0).get("pyweave_records_invalid") == 0, timeout=5, message="invalid record gone")
 
 
 def test_logs_are_structured_and_name_the_object(lab):
