@@ -147,3 +147,24 @@ def test_update_remote_writes_deltas_and_matches_a_full_sync(host):
     assert "02:00:00:00:00:0b dst 198.18.0.4" in fdb and "198.18.0.3" not in fdb and "02:00:00:00:00:0a" not in fdb
     assert "10.0.0.11 lladdr 02:00:00:00:00:0b PERMANENT" in neigh and "10.0.0.10" not in neigh
     assert dp.sync_remote(70000, table.entries.values()) == 0  # the deltas left exactly the full state
+
+
+def test_bulk_neighbour_writes_report_refusals_and_ignore_what_changes_nothing(host):
+    from dataplane.neighbours import NeighbourError, Neighbours
+
+    ns, dp = host
+    dp.ensure_network(70000)
+    idx = int(ip(ns, "-o", "link", "show", vxlan_name(70000)).split(":")[0])
+    nb = Neighbours(ns)
+    try:
+        macs = [f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}" for i in range(1200)]  # more than one batch
+        nb.apply(idx, fdb_add=[(m, "198.18.0.9") for m in macs], neigh_add=[(f"10.9.{i >> 8}.{i & 255}", m) for i, m in enumerate(macs)])
+        assert {e.mac for e in nb.fdb(idx)} == set(macs)
+        assert len(nb.neighbours(idx)) == len(macs)
+        nb.apply(idx, fdb_add=[(macs[0], "198.18.0.9")], fdb_del=[("02:ff:ff:ff:ff:ff", "198.18.0.9")])  # exists / gone: fine
+        with pytest.raises(NeighbourError):
+            nb.apply(idx + 1000, neigh_add=[("10.9.9.9", macs[0])])  # no such device
+        nb.apply(idx, fdb_del=[(m, "198.18.0.9") for m in macs], neigh_del=[(f"10.9.{i >> 8}.{i & 255}", m) for i, m in enumerate(macs)])
+        assert nb.fdb(idx) == [] and nb.neighbours(idx) == []
+    finally:
+        nb.close()
