@@ -23,26 +23,13 @@ from dataclasses import dataclass, field
 from dnslib import PTR, QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
+from pyweave.dnsnames import DEFAULT_DOMAIN, SERVICE_ADDRESS, names_of, normalise_domain
+
 log = logging.getLogger(__name__)
 
-SERVICE_ADDRESS = "169.254.53.53"
-DEFAULT_DOMAIN = "weave.local."
+__all__ = ["DEFAULT_DOMAIN", "SERVICE_ADDRESS", "DnsIndex", "DnsService", "WeaveResolver", "names_of", "normalise_domain"]
+
 DEFAULT_TTL = 1
-
-
-def normalise_domain(domain: str) -> str:
-    return domain.strip().lower().rstrip(".") + "."
-
-
-def names_of(container_name: str, hostname: str, domain: str) -> list[str]:
-    """The names a container gets: its Docker name in the domain, and its hostname if inside it."""
-    out = []
-    if container_name:
-        out.append(f"{container_name.lower()}.{domain}")
-    host = hostname.lower().rstrip(".") + "."
-    if hostname and host.endswith("." + domain) and host not in out:
-        out.append(host)
-    return out
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from dataplane.api import LocalPort, PortState, RemoteEntry, bridge_name
 from pyweave.containers import ContainerInfo
-from pyweave.dns import names_of
+from pyweave.dnsnames import names_of
 from store.addresses import OverlayAddress
-from store.keys import attachment_key, endpoint_key
+from store.keys import EXPOSE_REF, attachment_key, endpoint_key
 from store.records import AttachmentRecord, EndpointRecord, Invalid
 from store.state import ClusterState
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from pyweave.view import ClusterView
 
 IFNAME_BASE = "ethwe"
-EXPOSE_REF = "weave:expose"  # the attachment of the host itself (weave's name for it)
 
 
 def container_mac(container_id: str, vni: int) -> str:

@@ -37,6 +37,10 @@ VNIS = ROOT + "vnis/"
 
 Subnetish = ipaddress.IPv4Network | str
 
+# The container name that stands for the host itself in attachments (weave's name for it):
+# `pyweave expose 10.0.0.100/24` writes attachments/<host>/weave:expose.
+EXPOSE_REF = "weave:expose"
+
 
 def net_id(subnet: Subnetish) -> str:
     return str(subnet).replace("/", "-")

@@ -30,6 +30,7 @@ class Applied:
 
     problems: list[Invalid] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)
+    wrote: bool = False  # the kernel was written to (a network, a port, remote entries)
 
 
 class KernelApplier:
@@ -71,6 +72,7 @@ class KernelApplier:
             net = owners.get(vni)
             want = (expose_mac(self.me, vni), plan.exposes.get(vni, ()), net.subnet if net else None)
             if self._applied.get(("net", vni)) != want:
+                out.wrote = True
                 self.dataplane.ensure_network(vni)
                 self.dataplane.ensure_exposed(vni, mac=want[0], cidrs=want[1], subnet=want[2])
                 self._applied[("net", vni)] = want
@@ -82,6 +84,7 @@ class KernelApplier:
         if remote_full is None and remote_changes is None:
             full = {vni: list(plan.remote.get(vni, ())) for vni in plan.vnis if self._remote_differs(vni, plan)}
         for vni in sorted(full):
+            out.wrote = True
             self.dataplane.sync_remote(vni, full[vni])
             self._remote[vni] = RemoteTable(full[vni])
         for vni, changes in sorted((remote_changes or {}).items()):
@@ -90,10 +93,12 @@ class KernelApplier:
                 continue
             delta = table.update(changes)
             if delta:
+                out.wrote = True
                 self.dataplane.update_remote(vni, delta)
         if docker_ok:
             kept = plan.vnis | {vni for (cid, vni) in existing if (cid, vni) in plan.ports or cid in frozen}
             for vni in self.dataplane.networks() - kept:
+                out.wrote = True
                 self.dataplane.remove_network(vni)
                 self._applied.pop(("net", vni), None)
         for vni in [v for v in self._remote if v not in plan.vnis]:
@@ -114,6 +119,7 @@ class KernelApplier:
             if refused is not None and refused[0] == port:
                 self._problem(out, port, refused[1])
                 continue
+            out.wrote = True
             try:
                 self.dataplane.ensure_port(port)
                 self._applied[("port", key)] = port
@@ -124,6 +130,7 @@ class KernelApplier:
                 self._problem(out, port, str(err))
         for key, port_state in existing.items():
             if key not in plan.ports and port_state.container_id not in frozen:
+                out.wrote = True
                 self.dataplane.remove_port(port_state)
                 self._applied.pop(("port", key), None)
         for key in [k for k in self._refused if k not in plan.ports]:

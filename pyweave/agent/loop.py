@@ -30,12 +30,13 @@ from pyweave.backoff import Backoff
 from pyweave.containers import ContainerError, ContainerInfo, ContainerRuntime
 from pyweave.dns import SERVICE_ADDRESS, DnsIndex, DnsService
 from pyweave.host import HostConfig, HostState
-from pyweave.plan import EXPOSE_REF, HostPlan, plan_host
+from pyweave.plan import HostPlan, plan_host
 from pyweave.view import ClusterView
 from pyweave.watcher import StoreWatcher
 from store import keys
 from store.cluster import Cluster
 from store.errors import ClusterError, StoreError
+from store.keys import EXPOSE_REF
 from store.records import HostRecord, Invalid
 
 log = logging.getLogger("pyweave.agent")
@@ -152,6 +153,7 @@ class Agent:
             try:
                 self.reconcile(full=full)
                 backoff.reset()
+                log.debug("pass full=%s revision=%d took=%.1fms", full, self.view.revision, (time.monotonic() - started) * 1000)
             except (StoreError, DataplaneError, ContainerError, ClusterError) as err:
                 self.stats.error(type(err).__name__)
                 log.warning("reconcile failed, will retry: %s", err)
@@ -242,7 +244,9 @@ class Agent:
             self.publisher.names(own, {c: r for c, r in plan.dns.items() if c not in applied.failed}, frozen)
         self.janitor.collect_dead_hosts(view)
         problems += applied.problems
-        urgent = bool(remote_full) or any(remote_changes.values()) or changes.local
+        # Someone may be waiting for this host to apply a change it programmed (the CLI's first-ping
+        # barrier): acknowledge those at once; a pass that changed nothing here can wait.
+        urgent = applied.wrote or any(remote_changes.values())
         if not self.publisher.progress(revision, problems, vnis=plan.vnis, urgent=urgent):
             self._wake_later(self.publisher.next_progress_in())
         self._count(view, plan, problems)

@@ -21,7 +21,7 @@ log = logging.getLogger("pyweave.agent")
 
 class _KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}"
         msg = record.getMessage().replace("\n", " ")
         line = f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
         if record.exc_info:

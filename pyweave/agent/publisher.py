@@ -73,6 +73,7 @@ class Publisher:
                 log.warning("invalid record key=%s problem=%s", p.key, p.problem)
         self._reported = fresh
         self.raw.put(keys.progress_key(self.me), body, lease=self._lease())
+        log.debug("progress revision=%d written", revision)
         self._last_progress = body
         self._last_write = time.monotonic()
         self._vnis = set(vnis)

@@ -18,7 +18,7 @@ import typer
 # isort: off
 from pyweave.cli import lifecycle, status, containers, names  # noqa: F401
 # isort: on
-from pyweave.cli.base import EXIT_ERROR, CliError, app, say
+from pyweave.cli.base import EXIT_ERROR, CliError, app, say, trace
 from store.errors import ClusterError, StoreError
 
 __all__ = ["app", "main"]
@@ -26,6 +26,7 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     # Commands raise CliError; translate it once here into a message and an exit code.
+    trace("imported")
     try:
         rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc:

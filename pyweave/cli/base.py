@@ -9,6 +9,7 @@ each command imports what it needs when it runs.
 from __future__ import annotations
 
 import os
+import time
 from typing import NoReturn
 
 import typer
@@ -36,6 +37,17 @@ class CliError(Exception):
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     raise CliError(message, code)
+
+
+_TRACE = os.environ.get("PYWEAVE_TRACE") == "1"
+_T0 = time.monotonic()
+
+
+def trace(step: str) -> None:
+    """With PYWEAVE_TRACE=1, the time since the command started, per step, on stderr (the bench
+    reports where a `pyweave run` spends its time from these)."""
+    if _TRACE:
+        typer.echo(f"trace {(time.monotonic() - _T0) * 1000:7.1f} ms {step}", err=True)
 
 
 def say(message: str) -> None:

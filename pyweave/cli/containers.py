@@ -12,14 +12,14 @@ from collections.abc import Callable, Sequence
 
 import typer
 
-from pyweave.cli.base import Context, app, fail
+from pyweave.cli.base import Context, app, fail, trace
 from pyweave.cli.forms import AddressError, looks_like_address, parse_address, parse_subnet
 from pyweave.cli.waiting import wait_attached, wait_peers
 from pyweave.containers import HOST_LABEL, ContainerError
 from pyweave.dockerargs import DockerArgsError, container_create_kwargs, parse_run_args
-from pyweave.plan import EXPOSE_REF
 from store.addresses import OverlayAddress, OverlaySubnet
 from store.errors import ClusterError, StoreError
+from store.keys import EXPOSE_REF
 from store.records import DEFAULT_IPALLOC_RANGE
 
 
@@ -129,9 +129,12 @@ def attach_and_wait(
             allocated.append(ctx.cluster.allocate(ctx.me, cid, subnet))
             added.append(allocated[-1])
         want = {str(c.ip) for c in cidrs} | {str(c.ip) for c in allocated}
+        trace("attachment written")
         revision = wait_attached(ctx, cid, want, gone=gone)
+        trace("agent published the endpoint")
         if revision:
             wait_peers(ctx, revision, vnis)
+            trace("peers applied it")
     except BaseException:
         if added:
             try:
@@ -163,14 +166,16 @@ def run(ctx: typer.Context) -> None:
         spec = parse_run_args(args)
     except DockerArgsError as err:
         fail(str(err))
+    trace("arguments parsed")
     c = Context()
     c.require_agent()
     subnets = precheck(c, cidrs, requested, None)
+    trace("prechecked")
     kwargs = container_create_kwargs(spec)
     kwargs["network_mode"] = "none"
     kwargs["labels"] = {**kwargs.get("labels", {}), HOST_LABEL: c.me}
     if c.config.dns:
-        from pyweave.dns import SERVICE_ADDRESS
+        from pyweave.dnsnames import SERVICE_ADDRESS
 
         kwargs["dns"] = [SERVICE_ADDRESS]
         kwargs["dns_search"] = [c.config.dns_domain.rstrip(".")]
@@ -179,6 +184,7 @@ def run(ctx: typer.Context) -> None:
         cid = docker.create_and_start(kwargs)
     except ContainerError as err:
         fail(str(err))
+    trace("container created and started")
 
     def exited() -> bool:
         info = docker.inspect(cid)

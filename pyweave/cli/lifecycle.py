@@ -46,7 +46,7 @@ def launch(
     """
     from dataplane.api import DataplaneError
     from dataplane.host import find_underlay, routes_overlapping
-    from pyweave.dns import normalise_domain
+    from pyweave.dnsnames import normalise_domain
     from pyweave.processes import ProcessError, start_agent, start_embedded_etcd
     from store.cluster import Cluster
     from store.raw import normalise_endpoints

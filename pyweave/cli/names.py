@@ -14,7 +14,7 @@ from pyweave.containers import ContainerError
 
 def _change_names(words: list[str], fqdn: Optional[str], *, add: bool) -> None:
     """dns-add and dns-remove: the records (name x address) of a container, added or removed."""
-    from pyweave.dns import names_of
+    from pyweave.dnsnames import names_of
     from pyweave.docker_runtime import Containers
 
     c = Context()
