@@ -17,6 +17,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from dataplane.api import BRIDGE_PREFIX, OWNED_PREFIXES, VETH_PREFIX, VXLAN_PREFIX, DataplaneError, Underlay
 
 
+IFF_LOOPBACK = 0x8
+
+
 def netns_kwargs(netns: str | None) -> dict:
     """IPRoute's keyword for a named namespace (none: the one this process runs in)."""
     return {"netns": netns} if netns else {}
@@ -29,7 +32,8 @@ def is_missing(err: NetlinkError) -> bool:
 
 def find_underlay(address: str | None = None, *, netns: str | None = None) -> Underlay:
     """The interface carrying the overlay: the one with `address`, else the default route's, else
-    the first interface with a global IPv4 address that pyweave did not make."""
+    the first interface with a global IPv4 address that pyweave did not make. The loopback and
+    link-local addresses never qualify (the DNS service address lives on `lo`)."""
     with IPRoute(**netns_kwargs(netns)) as ipr:
         links = {link["index"]: link for link in ipr.get_links()}
         addrs = [
@@ -41,6 +45,8 @@ def find_underlay(address: str | None = None, *, netns: str | None = None) -> Un
             (idx, ip)
             for idx, ip in addrs
             if not links[idx].get_attr("IFLA_IFNAME").startswith(OWNED_PREFIXES)
+            and not links[idx]["flags"] & IFF_LOOPBACK
+            and not ipaddress.IPv4Address(ip).is_link_local
         ]
         chosen = None
         if address:
@@ -112,6 +118,17 @@ def inventory(*, netns: str | None = None) -> dict[str, int]:
             elif name.startswith(VETH_PREFIX):
                 counts["veths"] += 1
     return counts
+
+
+def remove_local_address(address: str, *, netns: str | None = None) -> None:
+    """Remove address/32 from the loopback (`pyweave reset`); absent is fine."""
+    with IPRoute(**netns_kwargs(netns)) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.addr("del", index=lo, address=address, prefixlen=32)
+        except NetlinkError as err:
+            if not is_missing(err):
+                raise
 
 
 def ensure_local_address(address: str, *, netns: str | None = None) -> None:

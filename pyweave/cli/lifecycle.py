@@ -110,7 +110,8 @@ def reset() -> None:
 
     Example: `pyweave reset`.
     """
-    from dataplane.host import remove_all_owned
+    from dataplane.host import remove_all_owned, remove_local_address
+    from pyweave.dnsnames import SERVICE_ADDRESS
     from store.cluster import Cluster
     from store.errors import StoreError
 
@@ -120,6 +121,7 @@ def reset() -> None:
     if pid is not None:
         stop_process(pid, timeout=5.0)
     remove_all_owned()
+    remove_local_address(SERVICE_ADDRESS)
     if config is not None:
         try:
             raw = open_store(config.store)

@@ -168,3 +168,18 @@ def test_bulk_neighbour_writes_report_refusals_and_ignore_what_changes_nothing(h
         assert nb.fdb(idx) == [] and nb.neighbours(idx) == []
     finally:
         nb.close()
+
+
+def test_the_loopback_and_its_link_local_service_address_are_never_the_underlay(namespaces):
+    from dataplane.host import ensure_local_address, remove_local_address
+
+    ns = namespaces("alone")
+    ensure_local_address("169.254.53.53", netns=ns)  # the DNS service address an agent leaves behind
+    with pytest.raises(DataplaneError, match="no IPv4 address"):
+        find_underlay(netns=ns)
+    ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    ip(ns, "addr", "add", "198.18.0.7/24", "dev", "eth0")
+    assert find_underlay(netns=ns).address == "198.18.0.7"
+    remove_local_address("169.254.53.53", netns=ns)
+    remove_local_address("169.254.53.53", netns=ns)  # gone already: fine
+    assert "169.254.53.53" not in ip(ns, "addr", "show", "dev", "lo")

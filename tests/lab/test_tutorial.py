@@ -30,14 +30,13 @@ def relaunched(request):
     if "launched_lab" not in request.fixturenames:
         return
     lab = request.getfixturevalue("launched_lab")
-    for i, host in enumerate(lab.hosts):
+    for i in range(len(lab.hosts)):
         pid = lab.agent_pid(i)
         if pid is None or not pid_alive(pid):
-            # --address: after `pyweave reset` the DNS service address 169.254.53.53 stays on lo, and a
-            # launch that has to find the underlay by itself picks it (a known bug, not this test's).
             peer = [] if i == 0 else [lab.hosts[0].address]
-            r = lab.pyweave(i, "launch", *peer, "--address", host.address)
+            r = lab.pyweave(i, "launch", *peer)
             assert r.returncode == 0, r.stderr
+            assert f"198.18.0.{i + 1}" in lab.pyweave(i, "status").stdout  # its underlay, not lo
 
 
 def test_tutorial_steps_across_two_hosts(launched_lab):
@@ -198,6 +197,7 @@ def test_reset_removes_kernel_objects_and_records_and_leaves_the_cluster(launche
     assert lab.hosts[2].name not in peers
     r = lab.pyweave(2, "status")
     assert r.returncode == 1 and "not launched" in r.stderr
+    assert "169.254.53.53" not in lab.exec(2, "ip", "addr", "show", "dev", "lo").stdout  # the DNS address went too
 
 
 def test_status_on_a_host_never_launched():
