@@ -16,7 +16,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from dataplane.api import BRIDGE_PREFIX, OWNED_PREFIXES, VETH_PREFIX, VXLAN_PREFIX, DataplaneError, Underlay
 
-
 IFF_LOOPBACK = 0x8
 
 

@@ -136,7 +136,11 @@ class ClusterView:
         with self.lock:
             for key in [k for k in self.items if k not in items]:
                 self.apply(key, None)
-            for key, (value, lease) in items.items():
+            # What others are checked against first (networks, VNI claims, hosts), so that each
+            # endpoint is checked once, not again when its network and its host arrive.
+            first = (keys.NETWORKS, keys.VNIS, keys.HOSTS)
+            for key in sorted(items, key=lambda k: not k.startswith(first)):
+                value, lease = items[key]
                 self.apply(key, value, lease)
             self.revision = revision
 
