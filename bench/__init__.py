@@ -1,4 +1,4 @@
-"""pyweave's benchmarks: data path, convergence, CLI overhead, agent cost, control-plane scale.
+"""pyweave's benchmarks: data path, convergence, CLI overhead, agent cost, control-plane scale, one host at scale.
 
 `python -m bench` (as root, Docker running) builds its own lab of host namespaces with
 `pyweave_lab.Lab`, measures each section against a reference and a target, and writes
@@ -16,7 +16,11 @@ Layout (one module per section, plus the plumbing they share):
     agent_cost      section 5: RSS and CPU of one agent, idle and under endpoint churn
     scale           section 6: hundreds of real agents with recording dataplanes on one etcd
     simhost, scale_worker   the simulated hosts of section 6 and the process that runs them
+    ghosts          section 7: one real agent in a lab host of its own, among thousands of ghost hosts
+    ghost_writer    the ghost hosts' records, written from inside the lab host (section 7)
+    fanout, fanout_watcher  section 7's etcd fan-out: a throwaway etcd, processes of raw watches
     icmp, churn     helpers that run inside lab namespaces (a pinger, an endpoint writer)
+    helper          a helper process spoken to in JSON lines
     profiles        py-spy and pyinstrument runs, summarised for the report
     report, plots   markdown and PNG output; stats, machine, procs: small shared pieces
 

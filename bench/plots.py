@@ -139,3 +139,42 @@ def scale_lines(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def ghost_lines(
+    path: Path,
+    hosts: Sequence[int],
+    *,
+    cpu_ms: Mapping[str, Sequence[float]],
+    program_s: Mapping[str, Sequence[float | None]],
+    cpu_target_ms: float,
+) -> Path | None:
+    """Two panels against the number of (ghost) hosts: one agent's CPU per endpoint event, and the
+    time until a burst is in its kernel; one line per series (e.g. a burst and its reverse). A
+    missing point (None: not within the cap) is left out."""
+    if not available():
+        return None
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, ys in cpu_ms.items():
+        a.plot(hosts, ys, marker="o", label=name)
+    a.axhline(cpu_target_ms, color="grey", linestyle="--", linewidth=1, label=f"target {cpu_target_ms:g} ms")
+    a.set_xlabel("hosts in the cluster")
+    a.set_ylabel("ms of agent CPU per endpoint event")
+    a.set_title("One agent's CPU per event")
+    a.set_ylim(bottom=0)
+    for name, ys in program_s.items():
+        pts = [(x, y) for x, y in zip(hosts, ys, strict=True) if y is not None]
+        b.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+    b.set_xlabel("hosts in the cluster")
+    b.set_ylabel("seconds after the burst's first write")
+    b.set_title("Until every change of a burst is in the kernel")
+    b.set_ylim(bottom=0)
+    for ax in (a, b):
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -29,7 +29,7 @@ from bench.context import BenchContext
 from bench.report import SectionResult
 from bench.sizes import FULL, QUICK
 
-SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale")
+SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale", "ghosts")
 LAB_SECTIONS = ("throughput", "latency", "convergence", "cli", "agent")
 DEFAULT_OUT = machine.REPO / "docs" / "performance.md"
 FULL_BUDGET_S = 14.5 * 60  # issue 6: the full run finishes in under 15 minutes on 2 cores
@@ -38,7 +38,7 @@ FULL_BUDGET_S = 14.5 * 60  # issue 6: the full run finishes in under 15 minutes 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="pyweave benchmarks: data path, convergence, CLI overhead, agent cost, control-plane scale.",
+        description="pyweave benchmarks: data path, convergence, CLI overhead, agent cost, control-plane scale, one host at scale.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes that only exercise the code paths (CI smoke)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report path (default {DEFAULT_OUT.relative_to(machine.REPO)})")
@@ -68,6 +68,8 @@ def missing_prerequisites(sections: list[str]) -> list[str]:
             "nsenter": "nsenter (util-linux)",
             "etcdctl": "etcdctl (apt-get install etcd-client)",
         }
+    if "ghosts" in sections:  # a lab of its own: one host, one busybox container
+        needs |= {"docker": "docker (scripts/dockerd.sh start)", "busybox": "busybox (apt-get install busybox-static)"}
     for binary, what in needs.items():
         if shutil.which(binary) is None:
             problems.append(f"missing {what}")
@@ -115,11 +117,12 @@ TITLES = {
     "cli": "4. CLI overhead",
     "agent": "5. Agent cost",
     "scale": "6. Control-plane scale",
+    "ghosts": "7. One host at cluster scale",
 }
 
 
 def run(ctx: BenchContext, sections: list[str]) -> list[SectionResult]:
-    from bench import agent_cost, cli_overhead, convergence, datapath, scale
+    from bench import agent_cost, cli_overhead, convergence, datapath, ghosts, scale
 
     results: list[SectionResult] = []
     wanted_dp = [s for s in ("throughput", "latency") if s in sections]
@@ -147,6 +150,9 @@ def run(ctx: BenchContext, sections: list[str]) -> list[SectionResult]:
     if "scale" in sections:
         ctx.close_lab()  # the simulation wants both CPUs to itself
         results.append(_run_section(ctx, "scale", TITLES["scale"], lambda: scale.run(ctx)))
+    if "ghosts" in sections:
+        ctx.close_lab()  # one agent in a lab of its own: the shared lab's agents would share its CPUs
+        results.append(_run_section(ctx, "ghosts", TITLES["ghosts"], lambda: ghosts.run(ctx)))
     return results
 
 

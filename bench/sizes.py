@@ -27,6 +27,16 @@ class Sizes:
     scale_client_burst: int  # ... and a burst small enough to converge within the budget
     scale_client_wait_s: float
     scale_converge_timeout: float  # the most any wait may be (also the startup's, at least 120 s)
+    ghost_hosts: tuple[int, ...]  # section 7: ghost hosts around one real agent, per size
+    ghost_endpoints_per_host: int
+    ghost_burst: int  # endpoint events per burst: half new endpoints, half deletions
+    ghost_wait_s: float  # the most any wait for the kernel may be (a cold start, a burst)
+    ghost_idle_s: float  # the idle agent's RSS is the largest of samples over this window
+    ghost_background_s: float  # the agent's CPU with no event, per size (a few full resyncs, every 8 s)
+    fanout_watchers: tuple[int, ...]  # tried in order until one receives every event
+    fanout_processes: int  # the watchers are spread over this many processes
+    fanout_keys: int
+    fanout_wait_s: float
 
 
 FULL = Sizes(
@@ -50,6 +60,16 @@ FULL = Sizes(
     scale_client_burst=100,
     scale_client_wait_s=30,
     scale_converge_timeout=240,
+    ghost_hosts=(100, 1000, 2000),
+    ghost_endpoints_per_host=25,
+    ghost_burst=1000,
+    ghost_wait_s=900,
+    ghost_idle_s=10,
+    ghost_background_s=24,
+    fanout_watchers=(2000, 1000, 500),
+    fanout_processes=4,
+    fanout_keys=1000,
+    fanout_wait_s=120,
 )
 
 QUICK = Sizes(
@@ -73,4 +93,14 @@ QUICK = Sizes(
     scale_client_burst=2,
     scale_client_wait_s=30,
     scale_converge_timeout=30,
+    ghost_hosts=(3, 10),
+    ghost_endpoints_per_host=5,
+    ghost_burst=20,
+    ghost_wait_s=60,
+    ghost_idle_s=1,
+    ghost_background_s=1,
+    fanout_watchers=(20,),
+    fanout_processes=2,
+    fanout_keys=20,
+    fanout_wait_s=30,
 )

@@ -22,6 +22,7 @@ TITLES = [
     "4. CLI overhead",
     "5. Agent cost",
     "6. Control-plane scale",
+    "7. One host at cluster scale",
 ]
 
 
@@ -31,7 +32,8 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def _bench_processes() -> list[str]:
-    """Command lines of processes the bench starts and must end: workers, etcd, pingers, iperf3."""
+    """Command lines of processes the bench starts and must end: workers, etcd, pingers, iperf3, the
+    ghost writer and the fan-out watchers."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -40,7 +42,8 @@ def _bench_processes() -> list[str]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "bench.scale_worker" in cmd or "bench.icmp" in cmd or "pyweave-bench-scale-" in cmd:
+        if any(mark in cmd for mark in ("bench.scale_worker", "bench.icmp", "pyweave-bench-scale-", "bench.ghost_writer",
+                                         "bench.fanout_watcher", "pyweave-bench-ghosts-")):
             found.append(cmd.strip())
     return found
 
