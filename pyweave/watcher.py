@@ -142,6 +142,7 @@ class StoreWatcher:
                     listed_at = time.monotonic()
                 inbox: queue.Queue = queue.Queue()
                 cancel = self.raw.watch(self.prefix, start_revision=self.sink.revision + 1, callback=inbox.put)
+
             except Compacted as err:
                 log.info("watch from revision %d impossible (%s); listing again", self.sink.revision + 1, err)
                 self.stats.compactions += 1

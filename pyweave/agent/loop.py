@@ -82,6 +82,7 @@ class Agent:
         self._full = threading.Event()
         self._last_full = 0.0
         self._last_count = 0.0
+        self._timer: threading.Timer | None = None
         self.stats = AgentStats()
         self.dns_service: DnsService | None = None
         self.view = ClusterView(self.me)
@@ -240,8 +241,8 @@ class Agent:
         )
         if docker_ok:
             endpoints = {k: v for k, v in plan.endpoints.items() if v.container not in applied.failed}
-            self.publisher.endpoints(own, endpoints, frozen)
-            self.publisher.names(own, {c: r for c, r in plan.dns.items() if c not in applied.failed}, frozen)
+            self.publisher.endpoints(own, endpoints, frozen, revision=revision)
+            self.publisher.names(own, {c: r for c, r in plan.dns.items() if c not in applied.failed}, frozen, revision=revision)
         self.janitor.collect_dead_hosts(view)
         problems += applied.problems
         # Someone may be waiting for this host to apply a change it programmed (the CLI's first-ping
@@ -253,10 +254,13 @@ class Agent:
         return plan
 
     def _wake_later(self, delay: float) -> None:
-        """A pass after `delay` (a progress record held back by the rate limit must still go out)."""
-        timer = threading.Timer(delay, self.wake)
-        timer.daemon = True
-        timer.start()
+        """A pass after `delay` (a progress record held back by the rate limit must still go out);
+        one such timer at a time."""
+        if self._timer is not None and self._timer.is_alive():
+            return
+        self._timer = threading.Timer(delay, self.wake)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _containers(self, refs: list[str]) -> tuple[dict[str, ContainerInfo | None], bool]:
         """What Docker says of the containers in this host's attachments; (.., False) if it is down."""

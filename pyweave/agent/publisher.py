@@ -20,6 +20,7 @@ log = logging.getLogger("pyweave.agent")
 # kernel changes (someone may wait for this host: the CLI's first-ping barrier), long otherwise.
 PROGRESS_INTERVAL = 0.25
 PROGRESS_IDLE_INTERVAL = 5.0
+WITHDRAW_PATIENCE = 5.0  # seconds a deletion is trusted before the mirror must show it
 
 Mirror = Mapping[str, tuple[bytes, int]]  # key -> (value, lease): this host's records in the view
 
@@ -31,29 +32,48 @@ class Publisher:
         self._lease = lease
         self._last_progress = b""
         self._reported: set[Invalid] = set()
+        self._written: dict[str, tuple[bytes | None, int, float]] = {}  # key -> value, lease, revision (or deadline)
         self._last_write = 0.0
         self._vnis: set[int] = set()
         self._interval = PROGRESS_IDLE_INTERVAL
 
-    def _sync(self, mirror: Mirror, prefix: str, want: Mapping[str, bytes], frozen: set[str], what: str) -> None:
+    def _sync(
+        self, mirror: Mirror, revision: int, prefix: str, want: Mapping[str, bytes], frozen: set[str], what: str
+    ) -> None:
+        """Make the records under prefix `want`. The mirror (`revision`) may lag behind this host's
+        own writes, most under load: a record written at a revision the mirror has not reached yet
+        is not written again (rewriting it on every pass until the watch caught up was the biggest
+        cost of a busy cluster: each rewrite is an event for every agent)."""
         lease = self._lease()
         for key, value in want.items():
-            have = mirror.get(key)
-            if have is None or have[0] != value or have[1] != lease:
-                log.info("publishing %s %s", what, key[len(prefix):])
-                self.raw.put(key, value, lease=lease)
+            mine = self._written.get(key)
+            if mine is not None and mine[:2] == (value, lease) and revision < mine[2]:
+                continue  # written; the mirror has not seen it yet
+            if mirror.get(key) == (value, lease):
+                continue
+            log.info("publishing %s %s", what, key[len(prefix):])
+            self._written[key] = (value, lease, self.raw.put(key, value, lease=lease))
+        now = time.monotonic()
         for key in mirror:
             if key.startswith(prefix) and key not in want and key[len(prefix):].split("/")[0] not in frozen:
+                mine = self._written.get(key)
+                if mine is not None and mine[0] is None and now < mine[2]:
+                    continue  # deleted a moment ago; the mirror has not seen it yet
                 log.info("withdrawing %s %s", what, key[len(prefix):])
                 self.raw.delete(key)
+                self._written[key] = (None, 0, now + WITHDRAW_PATIENCE)
+        for key in [k for k in self._written if k.startswith(prefix) and k not in want and k not in mirror]:
+            del self._written[key]
 
-    def endpoints(self, mirror: Mirror, records: Mapping[str, EndpointRecord], frozen: set[str]) -> None:
+    def endpoints(self, mirror: Mirror, records: Mapping[str, EndpointRecord], frozen: set[str], *, revision: int = 0) -> None:
         want = {key: endpoint_value(rec) for key, rec in records.items()}
-        self._sync(mirror, keys.endpoint_prefix(self.me), want, frozen, "endpoint")
+        self._sync(mirror, revision, keys.endpoint_prefix(self.me), want, frozen, "endpoint")
 
-    def names(self, mirror: Mirror, records: Mapping[str, tuple[tuple[str, str], ...]], frozen: set[str]) -> None:
+    def names(
+        self, mirror: Mirror, records: Mapping[str, tuple[tuple[str, str], ...]], frozen: set[str], *, revision: int = 0
+    ) -> None:
         want = {keys.dns_key(self.me, cid): dns_value(recs) for cid, recs in records.items()}
-        self._sync(mirror, keys.dns_prefix(self.me), want, frozen, "names of")
+        self._sync(mirror, revision, keys.dns_prefix(self.me), want, frozen, "names of")
 
     def progress(self, revision: int, problems: list[Invalid], *, vnis: set[int], urgent: bool) -> bool:
         """The revision applied, the problems found and the networks programmed, written when it
