@@ -1,6 +1,6 @@
 """The DNS resolver without sockets: names, shuffling, PTR, NXDOMAIN, forwarding, truncation."""
 
-from dnslib import QTYPE, RCODE, DNSRecord, EDNS0
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from pyweave.dns import DnsIndex, WeaveResolver, _Handler, names_of, reverse_to_ip, upstream_servers
 
