@@ -141,13 +141,14 @@ class Agent:
             self.state.dir.joinpath("ready").write_text(str(self._pid()))
         backoff = Backoff(initial=0.1, cap=1.0)
         while not self.stop_event.is_set():
-            self._wake.wait(timeout=self.config.resync_interval)
+            # A full pass once a period, whatever else happens (events, timers), so that repairs
+            # come within one period even when the store never rests; and whenever asked.
+            due = self._last_full + self.config.resync_interval - time.monotonic()
+            self._wake.wait(timeout=max(0.0, due))
             if self.stop_event.is_set():
                 break
-            # A full pass when asked, when nothing happened for a whole period, and at least once
-            # a period under continuous churn, so repairs happen even when the store never rests.
             now = time.monotonic()
-            full = self._full.is_set() or not self._wake.is_set() or now - self._last_full >= self.config.resync_interval
+            full = self._full.is_set() or now - self._last_full >= self.config.resync_interval
             self._wake.clear()
             self._full.clear()
             started = now
