@@ -17,6 +17,7 @@ Layout (one module per section, plus the plumbing they share):
     scale           section 6: hundreds of real agents with recording dataplanes on one etcd
     simhost, scale_worker   the simulated hosts of section 6 and the process that runs them
     ghosts          section 7: one real agent in a lab host of its own, among thousands of ghost hosts
+    ghosts_report   section 7's figures, checks, plot and notes
     ghost_writer    the ghost hosts' records, written from inside the lab host (section 7)
     fanout, fanout_watcher  section 7's etcd fan-out: a throwaway etcd, processes of raw watches
     icmp, churn     helpers that run inside lab namespaces (a pinger, an endpoint writer)

@@ -145,7 +145,7 @@ def ghost_lines(
     path: Path,
     hosts: Sequence[int],
     *,
-    cpu_ms: Mapping[str, Sequence[float]],
+    cpu_ms: Mapping[str, Sequence[float | None]],
     program_s: Mapping[str, Sequence[float | None]],
     cpu_target_ms: float,
 ) -> Path | None:
@@ -156,16 +156,19 @@ def ghost_lines(
         return None
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    def points(ys: Sequence[float | None]) -> tuple[list[int], list[float]]:
+        pts = [(x, y) for x, y in zip(hosts, ys, strict=True) if y is not None]
+        return [x for x, _ in pts], [y for _, y in pts]
+
     for name, ys in cpu_ms.items():
-        a.plot(hosts, ys, marker="o", label=name)
+        a.plot(*points(ys), marker="o", label=name)
     a.axhline(cpu_target_ms, color="grey", linestyle="--", linewidth=1, label=f"target {cpu_target_ms:g} ms")
     a.set_xlabel("hosts in the cluster")
     a.set_ylabel("ms of agent CPU per endpoint event")
     a.set_title("One agent's CPU per event")
     a.set_ylim(bottom=0)
     for name, ys in program_s.items():
-        pts = [(x, y) for x, y in zip(hosts, ys, strict=True) if y is not None]
-        b.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+        b.plot(*points(ys), marker="o", label=name)
     b.set_xlabel("hosts in the cluster")
     b.set_ylabel("seconds after the burst's first write")
     b.set_title("Until every change of a burst is in the kernel")

@@ -30,7 +30,9 @@ class Sizes:
     ghost_hosts: tuple[int, ...]  # section 7: ghost hosts around one real agent, per size
     ghost_endpoints_per_host: int
     ghost_burst: int  # endpoint events per burst: half new endpoints, half deletions
-    ghost_wait_s: float  # the most any wait for the kernel may be (a cold start, a burst)
+    ghost_rounds: int  # pairs of bursts per size (a burst, then the same undone)
+    ghost_wait_s: float  # the most any wait for the kernel may be (a preload, a burst, a cold start)
+    ghost_stall_s: float  # ... and how long it goes on without one more entry in the kernel
     ghost_idle_s: float  # the idle agent's RSS is the largest of samples over this window
     ghost_background_s: float  # the agent's CPU with no event, per size (a few full resyncs, every 8 s)
     fanout_watchers: tuple[int, ...]  # tried in order until one receives every event
@@ -63,7 +65,9 @@ FULL = Sizes(
     ghost_hosts=(100, 1000, 2000),
     ghost_endpoints_per_host=25,
     ghost_burst=1000,
-    ghost_wait_s=900,
+    ghost_rounds=2,
+    ghost_wait_s=600,
+    ghost_stall_s=120,
     ghost_idle_s=10,
     ghost_background_s=24,
     fanout_watchers=(2000, 1000, 500),
@@ -96,7 +100,9 @@ QUICK = Sizes(
     ghost_hosts=(3, 10),
     ghost_endpoints_per_host=5,
     ghost_burst=20,
+    ghost_rounds=1,
     ghost_wait_s=60,
+    ghost_stall_s=30,
     ghost_idle_s=1,
     ghost_background_s=1,
     fanout_watchers=(20,),
