@@ -257,17 +257,20 @@ class GhostLab:
         while True:
             t0 = time.monotonic()
             count = len(self.neighbours())
+            waited = time.time() - since
             if count >= want:
-                return Programming(want, time.time() - since, count)
+                return Programming(want, waited, count, waited_s=waited)
             if count != last_count:
                 last_count, last_change = count, time.monotonic()
             took = time.monotonic() - t0
-            if time.time() + took - since > s.ghost_wait_s:
-                return Programming(want, None, count, f"not within {s.ghost_wait_s:.0f} s", self.log_since(mark))
-            if time.monotonic() - last_change > s.ghost_stall_s:
-                return Programming(want, None, count, f"stuck: no new entry for {s.ghost_stall_s:.0f} s, "
-                                                      f"gave up {time.time() - since:.0f} s after the start", self.log_since(mark))
-            time.sleep(max(0.1, 4 * took))
+            if waited + took > s.ghost_wait_s:
+                why = f"not within {s.ghost_wait_s:.0f} s"
+            elif time.monotonic() - last_change > s.ghost_stall_s:
+                why = f"stuck: no new entry for {s.ghost_stall_s:.0f} s, gave up {waited:.0f} s after the start"
+            else:
+                time.sleep(max(0.1, 4 * took))
+                continue
+            return Programming(want, None, count, why, self.log_since(mark), waited_s=waited)
 
     # -- the measurements ------------------------------------------------------------------------
     def preload(self, hosts: int) -> Size:

@@ -34,6 +34,7 @@ class Programming:
     count: int  # entries at the end of the wait
     gave_up: str = ""  # why the wait ended without them
     log: list[str] = field(default_factory=list)  # the agent's warnings meanwhile, when it gave up
+    waited_s: float = 0.0  # from the start to the end of the wait
 
     def figure(self) -> str:
         return fmt(self.seconds) if self.seconds is not None else f"{self.gave_up} ({self.count} of {self.endpoints})"
@@ -252,24 +253,19 @@ def _checks(res: SectionResult, found: Findings) -> None:
 
 
 def _plot(ctx: BenchContext, res: SectionResult, found: Findings) -> None:
-    measured = [z for z in found.sizes if z.bursts]
+    measured = [z for z in found.sizes if z.cpu_ms() is not None]
     if not measured:
         return
     if not plots.available():
         res.notes.append(plots.MISSING)
         return
-
-    def series(value) -> dict[str, list]:
-        """Per direction, the median over a size's bursts of that direction (None: not measured)."""
-        out: dict[str, list] = {}
-        for d in ("forward", "reverse"):
-            values = [[value(b) for b in z.bursts if b.direction == d] for z in measured]
-            out[d] = [median(v) if v and None not in v else None for v in values]
-        return out
-
-    path = plots.ghost_lines(ctx.plot_path("ghosts"), [z.hosts for z in measured],
-                             cpu_ms=series(lambda b: b.cpu_ms_per_event), program_s=series(lambda b: b.program_s),
-                             cpu_target_ms=CPU_PER_EVENT_TARGET_MS)
+    done = [[b for b in z.bursts if b.program_s is not None] for z in measured]
+    path = plots.ghost_lines(
+        ctx.plot_path("ghosts"), [z.hosts for z in measured],
+        cpu_ms={"as measured": [[b.cpu_ms_per_event for b in bs] for bs in done],
+                "less the idle rate": [[z.beyond_background_ms(b) for b in bs] for z, bs in zip(measured, done, strict=True)]},
+        program_s=[[b.program_s or 0.0 for b in bs] for bs in done], cpu_target_ms=CPU_PER_EVENT_TARGET_MS,
+    )
     if path is not None:
         res.plots.append((path.name, "Agent CPU per endpoint event and time to program a burst, against the number of ghost hosts"))
 
@@ -286,8 +282,13 @@ def _notes(res: SectionResult, found: Findings) -> None:
         for b in z.bursts:
             if b.log:
                 res.notes.append(_log_note(f"the {b.direction} burst at {z.hosts} hosts", b.log))
-    if found.cold is not None and found.cold.programming.log:
-        res.notes.append(_log_note(f"the cold start into {found.cold.hosts} hosts", found.cold.programming.log))
+    idle = [z for z in found.sizes if z.bursts]
+    if len(idle) > 1:
+        rates = ", ".join(f"{z.background_pct:.1f} % at {z.hosts} hosts" for z in idle)
+        res.notes.append(
+            f"The agent's CPU with no event: {rates} (of one core; a full resync runs every "
+            f"{HostConfig.resync_interval:g} s). A burst whose window takes in a full resync pays for it, which is why CPU per "
+            "event varies between the bursts of one size; the column \"less the idle rate\" takes the average out.")
     ok = [r for r in found.fanout if r.ok]
     tried = [r for r in found.fanout if r.watchers > 1]
     if tried and not any(r.ok for r in tried):
@@ -312,10 +313,10 @@ def _limits(res: SectionResult, found: Findings) -> None:
     cold = found.cold
     if cold is not None and any("cold start" in m for m in missed):
         p = cold.programming
-        took = p.seconds if p.seconds is not None else found.wait_s
-        text = (f"Cold start into {cold.hosts} hosts: {p.count} of {p.endpoints} entries in the kernel "
-                f"{'after ' + format(took, '.1f') + ' s' if p.seconds is not None else '(' + p.gave_up + ')'}, for "
-                f"{cold.agent_cpu_s:.1f} s of agent CPU (start-up included).")
+        when = f"after {p.seconds:.1f} s" if p.seconds is not None else f"({p.gave_up})"
+        text = (f"Cold start into {cold.hosts} hosts: {p.count} of {p.endpoints} entries in the kernel {when}, for "
+                f"{cold.agent_cpu_s:.1f} s of agent CPU, start-up included ({100 * cold.agent_cpu_s / max(p.waited_s, 1e-9):.0f} % of one "
+                "core over the wait).")
         if cold.launch_error:
             text += f" `pyweave launch` failed: {cold.launch_error}"
         if p.log:

@@ -141,40 +141,45 @@ def scale_lines(
     return path
 
 
+
 def ghost_lines(
     path: Path,
     hosts: Sequence[int],
     *,
-    cpu_ms: Mapping[str, Sequence[float | None]],
-    program_s: Mapping[str, Sequence[float | None]],
+    cpu_ms: Mapping[str, Sequence[Sequence[float]]],
+    program_s: Sequence[Sequence[float]],
     cpu_target_ms: float,
 ) -> Path | None:
-    """Two panels against the number of (ghost) hosts: one agent's CPU per endpoint event, and the
-    time until a burst is in its kernel; one line per series (e.g. a burst and its reverse). A
-    missing point (None: not within the cap) is left out."""
+    """Two panels against the number of (ghost) hosts: one agent's CPU per endpoint event (one
+    line per series, e.g. as measured and less the idle rate), and the time until a burst is in
+    its kernel. Each burst is a dot, the line joins the medians; a size with no value is left out."""
     if not available():
         return None
     plt = _pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    def points(ys: Sequence[float | None]) -> tuple[list[int], list[float]]:
-        pts = [(x, y) for x, y in zip(hosts, ys, strict=True) if y is not None]
-        return [x for x, _ in pts], [y for _, y in pts]
+    from bench.stats import median
 
-    for name, ys in cpu_ms.items():
-        a.plot(*points(ys), marker="o", label=name)
+    def draw(ax, values: Sequence[Sequence[float]], label: str) -> None:
+        xs = [x for x, v in zip(hosts, values, strict=True) if v]
+        line = ax.plot(xs, [median(v) for v in values if v], marker="o", label=f"{label} (median)")[0]
+        dots = [(x, y) for x, v in zip(hosts, values, strict=True) for y in v]
+        ax.scatter([x for x, _ in dots], [y for _, y in dots], s=12, alpha=0.4, color=line.get_color())
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, values in cpu_ms.items():
+        draw(a, values, name)
     a.axhline(cpu_target_ms, color="grey", linestyle="--", linewidth=1, label=f"target {cpu_target_ms:g} ms")
     a.set_xlabel("hosts in the cluster")
     a.set_ylabel("ms of agent CPU per endpoint event")
-    a.set_title("One agent's CPU per event")
-    a.set_ylim(bottom=0)
-    for name, ys in program_s.items():
-        b.plot(*points(ys), marker="o", label=name)
+    a.set_title("One agent's CPU per event (dots: bursts)")
+    draw(b, program_s, "all changes in the kernel")
     b.set_xlabel("hosts in the cluster")
     b.set_ylabel("seconds after the burst's first write")
     b.set_title("Until every change of a burst is in the kernel")
-    b.set_ylim(bottom=0)
     for ax in (a, b):
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(list(hosts), [str(h) for h in hosts])
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
