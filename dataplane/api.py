@@ -99,6 +99,7 @@ class RemoteTable:
     def __init__(self, entries: Iterable[RemoteEntry] = ()) -> None:
         self.entries: dict[str, RemoteEntry] = {}
         self._fdb: dict[tuple[str, str], int] = {}  # (mac, underlay) -> entries using it
+        self.checked_at = 0.0  # when its user last compared it with the kernel (time.monotonic())
         self.update({e.ip: e for e in entries})
 
     def update(self, changes: dict[str, RemoteEntry | None]) -> RemoteDelta:

@@ -13,6 +13,7 @@ is not tried again until its desired state changes; it is reported as a problem 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from store import keys
 from store.records import Invalid, NetworkRecord
 
 log = logging.getLogger("pyweave.agent")
+
+REMOTE_CHECK_RATE = 1000.0  # remote entries re-read from the kernel per second, at most, by the resync
 
 
 @dataclass
@@ -41,10 +44,19 @@ class KernelApplier:
         self._remote: dict[int, RemoteTable] = {}  # vni -> what its VXLAN device holds
         self._refused: dict[tuple[str, int], tuple[LocalPort, str]] = {}  # permanent failures
 
-    def forget(self) -> None:
-        """Trust nothing: the next pass re-reads and re-checks every object (full resync)."""
+    def forget(self, *, all_remote: bool = True) -> None:
+        """Trust nothing: the next pass re-reads and re-checks every object (full resync).
+
+        With `all_remote` false (the periodic resync), a network's remote entries are re-read only
+        when their last check is older than their size allows: dumping and diffing costs about
+        50 us an entry, so at REMOTE_CHECK_RATE entries a second it stays near 5 % of a core
+        (50,000 entries: every 50 s; up to 8,000: at every resync)."""
         self._applied.clear()
-        self._remote.clear()
+        now = time.monotonic()
+        for vni in list(self._remote):
+            table = self._remote[vni]
+            if all_remote or now - table.checked_at >= len(table.entries) / REMOTE_CHECK_RATE:
+                del self._remote[vni]
 
     def knows_remote(self, vni: int) -> bool:
         """Whether the remote entries of vni are known, so that changes can be applied as deltas."""
@@ -87,6 +99,7 @@ class KernelApplier:
             out.wrote = True
             self.dataplane.sync_remote(vni, full[vni])
             self._remote[vni] = RemoteTable(full[vni])
+            self._remote[vni].checked_at = time.monotonic()
         for vni, changes in sorted((remote_changes or {}).items()):
             table = self._remote.get(vni)
             if table is None:

@@ -186,7 +186,7 @@ class Agent:
         if view.revision == 0:
             return None
         if full:
-            self.applier.forget()
+            self.applier.forget(all_remote=False)
             self.docker.forget()
             self._last_full = time.monotonic()
         try:

@@ -153,3 +153,15 @@ def test_etcd_going_away_is_one_store_unavailable_then_silence(store, etcd):
     finally:
         cancel()
         etcd.start()
+
+
+def test_a_list_larger_than_one_page_is_whole_and_of_one_revision(store, monkeypatch):
+    import store.etcd as etcd_module
+
+    raw, p = store
+    monkeypatch.setattr(etcd_module, "LIST_PAGE", 7)  # the HTTP store answers in one piece
+    for i in range(30):
+        raw.put(f"{p}k{i:02d}", b"v" * 100)
+    kvs, revision = raw.list(p)
+    assert [kv.key for kv in kvs] == [f"{p}k{i:02d}" for i in range(30)]
+    assert revision >= max(kv.mod_revision for kv in kvs)
