@@ -125,6 +125,7 @@ class LinuxDataplane:
         self.ipr = IPRoute(**netns_kwargs(netns))
         self.neighbours = Neighbours(netns)
         self._packet: socket.socket | None = None
+        self._vxlan_ids: dict[int, int] = {}
 
     def close(self) -> None:
         self.ipr.close()
@@ -167,7 +168,7 @@ class LinuxDataplane:
     def ensure_network(self, vni: int) -> None:
         """Bridge and VXLAN device of vni, up, with this host's MTU and VTEP MAC."""
         br = self._ensure_bridge(vni)
-        self._ensure_vxlan(vni, br)
+        self._vxlan_ids[vni] = self._ensure_vxlan(vni, br)
 
     def _ensure_bridge(self, vni: int) -> int:
         name = bridge_name(vni)
@@ -269,6 +270,7 @@ class LinuxDataplane:
 
     def remove_network(self, vni: int) -> None:
         log.info("removing network devices of vni %d", vni)
+        self._vxlan_ids.pop(vni, None)
         self._delete_link(vxlan_name(vni))
         self._delete_link(bridge_name(vni))
 
@@ -410,15 +412,21 @@ class LinuxDataplane:
                 idx, fdb_del=delta.fdb_del, neigh_del=delta.neigh_del, fdb_add=delta.fdb_add, neigh_add=delta.neigh_add
             )
         except NeighbourError as err:
+            self._vxlan_ids.pop(vni, None)  # perhaps deleted and made again: look it up next time
             raise DataplaneError(f"cannot program the remote entries of {vxlan_name(vni)}: {err}") from err
         for ip, mac in delta.neigh_add:
             if ip in moved:
                 self.announce(vni, ip=ip, mac=mac)
 
     def _vxlan_index(self, vni: int) -> int:
+        """The VXLAN device's ifindex, remembered from ensure_network (pyroute2's lookup dumps
+        every link: the most expensive part of a pass that only changes a few entries)."""
+        if vni in self._vxlan_ids:
+            return self._vxlan_ids[vni]
         found = self.ipr.link_lookup(ifname=vxlan_name(vni))
         if not found:
             raise DataplaneError(f"{vxlan_name(vni)} is missing; ensure_network first")
+        self._vxlan_ids[vni] = found[0]
         return found[0]
 
     def announce(self, vni: int, *, ip: str, mac: str) -> None:

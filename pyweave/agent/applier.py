@@ -34,6 +34,7 @@ class Applied:
     problems: list[Invalid] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)
     wrote: bool = False  # the kernel was written to (a network, a port, remote entries)
+    ports_changed: bool = False  # a port was made, changed or removed
 
 
 class KernelApplier:
@@ -132,7 +133,7 @@ class KernelApplier:
             if refused is not None and refused[0] == port:
                 self._problem(out, port, refused[1])
                 continue
-            out.wrote = True
+            out.wrote = out.ports_changed = True
             try:
                 self.dataplane.ensure_port(port)
                 self._applied[("port", key)] = port
@@ -143,7 +144,7 @@ class KernelApplier:
                 self._problem(out, port, str(err))
         for key, port_state in existing.items():
             if key not in plan.ports and port_state.container_id not in frozen:
-                out.wrote = True
+                out.wrote = out.ports_changed = True
                 self.dataplane.remove_port(port_state)
                 self._applied.pop(("port", key), None)
         for key in [k for k in self._refused if k not in plan.ports]:

@@ -83,11 +83,12 @@ class Agent:
         self._last_full = 0.0
         self._last_count = 0.0
         self._timer: threading.Timer | None = None
+        self._ports: dict | None = None  # the kernel's ports, until a pass changes them
         self.stats = AgentStats()
         self.dns_service: DnsService | None = None
         self.view = ClusterView(self.me)
         self.watcher = StoreWatcher(raw, keys.ROOT, self.wake, sink=self.view)
-        self.docker = DockerView(containers, self.wake)
+        self.docker = DockerView(containers, self._on_docker_event)
         self.lease_keeper = LeaseKeeper(
             raw, state, me=self.me, address=underlay.address, vtep_mac=config.vtep_mac, mtu=self.mtu,
             ttl=config.lease_ttl, stop=self.stop_event, on_renewed=lambda: self.wake(full=True),
@@ -124,6 +125,10 @@ class Agent:
 
     def register(self) -> None:
         self.lease_keeper.register()
+
+    def _on_docker_event(self) -> None:
+        self._ports = None  # a container started or went: its port may have gone with it
+        self.wake()
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -188,17 +193,23 @@ class Agent:
         if full:
             self.applier.forget(all_remote=False)
             self.docker.forget()
+            self._ports = None
             self._last_full = time.monotonic()
         try:
             return self._reconcile(view)
         except BaseException:
             # The changes taken from the view are lost with this pass: trust nothing next time.
             self.applier.forget()
+            self._ports = None
             raise
 
     def _reconcile(self, view: ClusterView) -> HostPlan:
         self.janitor.release_destroyed(view, self.docker.take_destroyed())
-        existing = self.dataplane.ports()
+        # The ports as the kernel has them: read at a full pass and after a pass that changed
+        # them, else as they were (listing links is the costliest read of a pass).
+        if self._ports is None:
+            self._ports = self.dataplane.ports()
+        existing = self._ports
         containers, docker_ok = self._containers(view.local_refs())
         with view.lock:
             changes = view.take_remote_changes()
@@ -240,6 +251,8 @@ class Agent:
             plan, existing, owners, docker_ok=docker_ok, frozen=frozen,
             remote_full=remote_full, remote_changes=remote_changes,
         )
+        if applied.ports_changed or applied.failed:
+            self._ports = None
         if docker_ok:
             endpoints = {k: v for k, v in plan.endpoints.items() if v.container not in applied.failed}
             self.publisher.endpoints(own, endpoints, frozen, revision=revision)
