@@ -14,10 +14,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from pyweave_lab import Lab, LabHost, ensure_test_image, leftovers, sh
-
 from bench.machine import REPO
 from bench.procs import pid_stat
+from pyweave_lab import Lab, LabHost, ensure_test_image, leftovers, sh
 
 IMAGE = "busybox"
 PAIR_SUBNET = "10.9.0"  # the data-path containers: 10.9.0.1 on h1, 10.9.0.2 on h2

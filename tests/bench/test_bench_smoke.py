@@ -86,7 +86,7 @@ def test_report_says_a_missed_target_plainly():
     import datetime
 
     text = render([res], machine=[("CPUs (nproc)", "2")], command=["python", "-m", "bench"], quick=False,
-                  started=datetime.datetime.now(datetime.timezone.utc), seconds=1.0, skipped=[])
+                  started=datetime.datetime.now(datetime.UTC), seconds=1.0, skipped=[])
     assert "| 9. Example | thing | 2 s | <= 1 s | **MISSED** |" in text
     assert "1 of 1 targets **missed**" in text
     assert "### 9. Example\n\nprofile says why" in text
