@@ -80,15 +80,7 @@ class RecordingDataplane:
     def update_remote(self, vni: int, delta: RemoteDelta) -> None:
         self.calls["update_remote"] += 1
         with self._lock:
-            fdb = {e.mac: e.underlay for e in self.remote.get(vni, ())}
-            neigh = {e.ip: e.mac for e in self.remote.get(vni, ())}
-            for mac, _dst in delta.fdb_del:
-                fdb.pop(mac, None)
-            for ip, _mac in delta.neigh_del:
-                neigh.pop(ip, None)
-            fdb.update(dict(delta.fdb_add))
-            neigh.update(dict(delta.neigh_add))
-            self.remote[vni] = frozenset(RemoteEntry(mac, ip, fdb[mac]) for ip, mac in neigh.items() if mac in fdb)
+            self.remote[vni] = delta.applied_to(self.remote.get(vni, ()))
             self._check()
 
     def close(self) -> None:

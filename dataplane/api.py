@@ -90,6 +90,19 @@ class RemoteDelta:
     def __bool__(self) -> bool:
         return bool(self.fdb_del or self.neigh_del or self.fdb_add or self.neigh_add)
 
+    def applied_to(self, entries: Iterable[RemoteEntry]) -> frozenset[RemoteEntry]:
+        """The remote entries a device holds after this delta: what a kernel would list, for the
+        dataplanes that record instead of programming (tests, the control-plane benchmark)."""
+        fdb = {e.mac: e.underlay for e in entries}
+        neigh = {e.ip: e.mac for e in entries}
+        for mac, _dst in self.fdb_del:
+            fdb.pop(mac, None)
+        for ip, _mac in self.neigh_del:
+            neigh.pop(ip, None)
+        fdb.update(dict(self.fdb_add))
+        neigh.update(dict(self.neigh_add))
+        return frozenset(RemoteEntry(mac, ip, fdb[mac]) for ip, mac in neigh.items() if mac in fdb)
+
 
 class RemoteTable:
     """One VNI's remote entries as they are in the kernel, by IP, kept by the agent so that a

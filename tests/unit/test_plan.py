@@ -129,3 +129,16 @@ def test_remote_table_turns_entry_changes_into_few_kernel_writes():
     assert not table.update({a2.ip: moved})
     assert table.update({a2.ip: None}) == RemoteDelta(fdb_del=((a2.mac, "198.18.0.9"),), neigh_del=((a2.ip, a2.mac),))
     assert table.entries == {}
+
+
+def test_a_delta_applied_to_entries_gives_what_the_table_holds():
+    from dataplane.api import RemoteTable
+
+    a1 = RemoteEntry("02:00:00:00:00:0a", "10.0.0.10", "198.18.0.2")
+    a2 = RemoteEntry("02:00:00:00:00:0a", "10.0.0.11", "198.18.0.2")
+    b = RemoteEntry("02:00:00:00:00:0b", "10.0.0.12", "198.18.0.3")
+    table = RemoteTable([a1, a2])
+    held = frozenset(table.entries.values())
+    for changes in ({b.ip: b}, {a1.ip: None}, {b.ip: RemoteEntry(b.mac, b.ip, "198.18.0.4")}, {a2.ip: None, b.ip: None}):
+        held = table.update(changes).applied_to(held)
+        assert held == frozenset(table.entries.values())
