@@ -7,12 +7,14 @@ control-plane benchmark plug in recording ones.
 Names are the contract with the kernel: one network = one VNI = bridge `pwb-<vni>` + VXLAN device
 `pwx-<vni>`; a container's port is the veth `pwv<hash>` whose peer is `ethwe` in the container. The
 agent recognises what it owns by these prefixes (and the veth's alias), so it can garbage-collect.
+A host that relays network `vni` for others (docs/routing.md) also has, per hop budget k, a transit
+VXLAN device `pwrx<k>-<vni>` (UDP port VXLAN_PORT + k) alone on a transit bridge `pwrb<k>-<vni>`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Protocol
@@ -22,7 +24,9 @@ VXLAN_PREFIX = "pwx-"
 VETH_PREFIX = "pwv"
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-OWNED_PREFIXES = (BRIDGE_PREFIX, VXLAN_PREFIX, VETH_PREFIX)
+TRANSIT_BRIDGE_PREFIX = "pwrb"
+TRANSIT_VXLAN_PREFIX = "pwrx"
+OWNED_PREFIXES = (BRIDGE_PREFIX, VXLAN_PREFIX, VETH_PREFIX, TRANSIT_BRIDGE_PREFIX, TRANSIT_VXLAN_PREFIX)
 
 
 class DataplaneError(Exception):
@@ -70,7 +74,9 @@ class PortState:
 
 @dataclass(frozen=True)
 class RemoteEntry:
-    """A remote endpoint: its MAC and IP, and the underlay address of the host that has it."""
+    """A remote endpoint: its MAC and IP, and where its frames go: the underlay address of the host
+    that has it, or, when that host is reached through a relay, "RELAY-ADDRESS:PORT" (the port
+    carries the hop budget, docs/routing.md)."""
 
     mac: str
     ip: str
@@ -156,6 +162,24 @@ def vxlan_name(vni: int) -> str:
     return f"{VXLAN_PREFIX}{vni}"
 
 
+def transit_bridge_name(vni: int, budget: int) -> str:
+    return f"{TRANSIT_BRIDGE_PREFIX}{budget}-{vni}"
+
+
+def transit_vxlan_name(vni: int, budget: int) -> str:
+    return f"{TRANSIT_VXLAN_PREFIX}{budget}-{vni}"
+
+
+def parse_transit_name(name: str) -> tuple[int, int] | None:
+    """(vni, budget) of a transit device or bridge name, else None."""
+    for prefix in (TRANSIT_VXLAN_PREFIX, TRANSIT_BRIDGE_PREFIX):
+        if name.startswith(prefix):
+            budget, _, vni = name[len(prefix):].partition("-")
+            if budget.isdigit() and vni.isdigit():
+                return int(vni), int(budget)
+    return None
+
+
 def host_veth_name(container_id: str, vni: int) -> str:
     digest = hashlib.sha1(f"{container_id}:{vni}".encode()).hexdigest()
     return VETH_PREFIX + digest[:12]
@@ -173,4 +197,8 @@ class Dataplane(Protocol):
     def remove_port(self, state: PortState) -> None: ...
     def sync_remote(self, vni: int, entries: Iterable[RemoteEntry]) -> int: ...
     def update_remote(self, vni: int, delta: RemoteDelta) -> None: ...
+    def transits(self) -> set[tuple[int, int]]: ...
+    def ensure_transit(self, vni: int, budget: int) -> None: ...
+    def remove_transit(self, vni: int, budget: int) -> None: ...
+    def sync_transit(self, vni: int, budget: int, fdb: Mapping[str, str]) -> int: ...
     def close(self) -> None: ...

@@ -13,6 +13,12 @@ Design notes (why it is built this way):
   inside the container's network namespace (`net_ns_pid`), the host end `pwv<hash>` joins the
   bridge. Both ends carry an ifalias ("pyweave cid=... vni=...") so the agent recognises what it
   owns after a restart and garbage-collects what nobody wants any more.
+- Relaying (docs/routing.md): a host that forwards network vni's frames for others has, per hop
+  budget k, a transit VXLAN device `pwrx<k>-<vni>` (same VNI, UDP port 4789 + k, learning off) alone
+  on a transit bridge `pwrb<k>-<vni>` with hairpin on: a frame that comes in goes back out, and the
+  device's FDB (MAC -> next host, with a smaller budget in the port) sends it on. The kernel does
+  all of it; the network's own device keeps hairpin off, so a frame that arrives with no budget
+  left is delivered locally or dropped, never forwarded: no loop whatever the hosts believe.
 - Every write is an idempotent ensure_*/remove_*: read, compare, reuse or replace with a logged
   reason; a missing object on removal is success. This module knows nothing of etcd.
 
@@ -26,7 +32,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
@@ -44,6 +50,9 @@ from dataplane.api import (
     Underlay,
     bridge_name,
     host_veth_name,
+    parse_transit_name,
+    transit_bridge_name,
+    transit_vxlan_name,
     vxlan_name,
 )
 from dataplane.host import is_missing, netns_kwargs
@@ -126,6 +135,7 @@ class LinuxDataplane:
         self.neighbours = Neighbours(netns)
         self._packet: socket.socket | None = None
         self._vxlan_ids: dict[int, int] = {}
+        self._transit_ids: dict[tuple[int, int], int] = {}
 
     def close(self) -> None:
         self.ipr.close()
@@ -170,8 +180,8 @@ class LinuxDataplane:
         br = self._ensure_bridge(vni)
         self._vxlan_ids[vni] = self._ensure_vxlan(vni, br)
 
-    def _ensure_bridge(self, vni: int) -> int:
-        name = bridge_name(vni)
+    def _ensure_bridge(self, vni: int, name: str | None = None) -> int:
+        name = name or bridge_name(vni)
         link = self._link(name)
         if link is not None and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "bridge":
             log.warning("replacing %s: it is not a bridge", name)
@@ -186,7 +196,7 @@ class LinuxDataplane:
             self.ipr.link("set", index=idx, mtu=self.mtu, state="up")
         return idx
 
-    def _vxlan_mismatch(self, link, vni: int, bridge_idx: int) -> str | None:
+    def _vxlan_mismatch(self, link, vni: int, bridge_idx: int, *, port: int = VXLAN_PORT, proxy: int = 1) -> str | None:
         data = lambda attr: link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", attr)  # noqa: E731
         if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan":
             return "it is not a VXLAN device"
@@ -194,9 +204,9 @@ class LinuxDataplane:
             "IFLA_VXLAN_ID": vni,
             "IFLA_VXLAN_LOCAL": self.underlay.address,
             "IFLA_VXLAN_LINK": self.underlay.ifindex,
-            "IFLA_VXLAN_PORT": VXLAN_PORT,
+            "IFLA_VXLAN_PORT": port,
             "IFLA_VXLAN_LEARNING": 0,
-            "IFLA_VXLAN_PROXY": 1,
+            "IFLA_VXLAN_PROXY": proxy,
         }
         for attr, value in wanted.items():
             if data(attr) != value:
@@ -282,6 +292,69 @@ class LinuxDataplane:
         except NetlinkError as err:
             if not is_missing(err):
                 raise
+
+    # -- transit (relaying for others, docs/routing.md) -------------------------------------------
+    def transits(self) -> set[tuple[int, int]]:
+        """(vni, budget) of every transit device or bridge here."""
+        out = set()
+        for link in self.ipr.get_links():
+            found = parse_transit_name(link.get_attr("IFLA_IFNAME"))
+            if found is not None:
+                out.add(found)
+        return out
+
+    def ensure_transit(self, vni: int, budget: int) -> None:
+        """The transit bridge and VXLAN device of (vni, budget), up, the device in hairpin mode."""
+        br = self._ensure_bridge(vni, transit_bridge_name(vni, budget))
+        name = transit_vxlan_name(vni, budget)
+        port = VXLAN_PORT + budget
+        link = self._link(name)
+        if link is not None:
+            reason = self._vxlan_mismatch(link, vni, br, port=port, proxy=0)
+            if reason:
+                log.warning("replacing %s: %s", name, reason)
+                self._delete_link(name)
+                link = None
+        if link is None:
+            log.info("creating transit vxlan %s vni=%d port=%d", name, vni, port)
+            self.ipr.link(
+                "add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=self.underlay.address,
+                vxlan_link=self.underlay.ifindex, vxlan_port=port, vxlan_learning=0, mtu=self.mtu,
+            )
+            link = self._link(name)
+        idx = link["index"]
+        if link.get_attr("IFLA_MASTER") != br or link.get_attr("IFLA_MTU") != self.mtu or not link["flags"] & 1:
+            self.ipr.link("set", index=idx, master=br, mtu=self.mtu, state="up")
+        # Hairpin: a frame goes back out of the port it came in by. No learning: the device's own
+        # FDB decides where each frame goes next, the bridge just turns it around.
+        self.ipr.brport("set", index=idx, mode=1, learning=0)
+        self._transit_ids[(vni, budget)] = idx
+
+    def remove_transit(self, vni: int, budget: int) -> None:
+        log.info("removing transit devices of vni %d budget %d", vni, budget)
+        self._transit_ids.pop((vni, budget), None)
+        self._delete_link(transit_vxlan_name(vni, budget))
+        self._delete_link(transit_bridge_name(vni, budget))
+
+    def sync_transit(self, vni: int, budget: int, fdb: Mapping[str, str]) -> int:
+        """Make the FDB of a transit device exactly `fdb` (MAC -> "ADDRESS:PORT"); the number of
+        changes made."""
+        key = (vni, budget)
+        idx = self._transit_ids.get(key)
+        if idx is None:
+            found = self.ipr.link_lookup(ifname=transit_vxlan_name(vni, budget))
+            if not found:
+                raise DataplaneError(f"{transit_vxlan_name(vni, budget)} is missing; ensure_transit first")
+            idx = found[0]
+        have = {e.mac: e.dst for e in self.neighbours.fdb(idx)}
+        fdb_del = tuple((mac, dst) for mac, dst in have.items() if dst and fdb.get(mac) != dst)
+        fdb_add = tuple((mac, dst) for mac, dst in fdb.items() if have.get(mac) != dst)
+        if fdb_del or fdb_add:
+            try:
+                self.neighbours.apply(idx, fdb_del=fdb_del, fdb_add=fdb_add)
+            except NeighbourError as err:
+                raise DataplaneError(f"cannot program {transit_vxlan_name(vni, budget)}: {err}") from err
+        return len(fdb_del) + len(fdb_add)
 
     # -- container ports -----------------------------------------------------------------------
     def ensure_port(self, port: LocalPort) -> None:

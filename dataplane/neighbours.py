@@ -12,9 +12,12 @@ addresses, routes) stays with pyroute2 in `dataplane.linux`.
 Message shapes (linux/neighbour.h, linux/netlink.h):
     nlmsghdr  len:u32 type:u16 flags:u16 seq:u32 pid:u32
     ndmsg     family:u8 pad:u8 pad:u16 ifindex:i32 state:u16 flags:u8 type:u8
-    attrs     NDA_DST (1): IPv4 address; NDA_LLADDR (2): MAC
+    attrs     NDA_DST (1): IPv4 address; NDA_LLADDR (2): MAC; NDA_PORT (6): UDP port, big-endian u16
 FDB entries of a VXLAN device are AF_BRIDGE neighbours with the NTF_SELF flag; their NDA_DST is the
-peer's underlay address. All calls act in the network namespace the process runs in.
+peer's underlay address. An FDB destination is written here as a string, "ADDRESS" (the device's
+own UDP port) or "ADDRESS:PORT" (a relay's hop-budget port, docs/routing.md); the kernel lists the port
+only when it differs from the device's, so the same string comes back from a dump. All calls act in
+the network namespace the process runs in.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x200, 0x400, 0x800
-NDA_DST, NDA_LLADDR = 1, 2
+NDA_DST, NDA_LLADDR, NDA_PORT = 1, 2, 6
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 AF_BRIDGE = 7
@@ -68,6 +71,15 @@ def _attr(kind: int, payload: bytes) -> bytes:
 
 def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
+
+
+def _fdb_attrs(mac: str, dst: str) -> bytes:
+    """NDA_LLADDR, NDA_DST and, for "ADDRESS:PORT", NDA_PORT."""
+    address, _, port = dst.partition(":")
+    attrs = _attr(NDA_LLADDR, _mac(mac)) + _attr(NDA_DST, socket.inet_aton(address))
+    if port:
+        attrs += _attr(NDA_PORT, struct.pack("!H", int(port)))
+    return attrs
 
 
 def _message(kind: int, flags: int, seq: int, family: int, ifindex: int, state: int, ntf: int, attrs: bytes) -> bytes:
@@ -126,13 +138,13 @@ class Neighbours:
         other refusal, after the whole batch was tried."""
         ops: list[tuple[tuple, bytes]] = []
         for mac, dst in fdb_del:
-            attrs = _attr(NDA_LLADDR, _mac(mac)) + _attr(NDA_DST, socket.inet_aton(dst))
+            attrs = _fdb_attrs(mac, dst)
             ops.append((("fdb del", mac, dst), self._msg(RTM_DELNEIGH, 0, AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF, attrs)))
         for ip, mac in neigh_del:
             attrs = _attr(NDA_DST, socket.inet_aton(ip)) + _attr(NDA_LLADDR, _mac(mac))
             ops.append((("neigh del", ip, mac), self._msg(RTM_DELNEIGH, 0, socket.AF_INET, ifindex, NUD_PERMANENT, 0, attrs)))
         for mac, dst in fdb_add:
-            attrs = _attr(NDA_LLADDR, _mac(mac)) + _attr(NDA_DST, socket.inet_aton(dst))
+            attrs = _fdb_attrs(mac, dst)
             flags = NLM_F_CREATE | NLM_F_APPEND
             ops.append((("fdb add", mac, dst), self._msg(RTM_NEWNEIGH, flags, AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF, attrs)))
         for ip, mac in neigh_add:
@@ -215,7 +227,7 @@ def _messages(data: bytes):
 
 def _entry(payload: bytes, family: int) -> Entry:
     _fam, _p1, _p2, ifindex, state, _flags, _type = _NDMSG.unpack_from(payload)
-    mac, dst = "", None
+    mac, dst, port = "", None, 0
     offset = _NDMSG.size
     while offset + _ATTR.size <= len(payload):
         length, kind = _ATTR.unpack_from(payload, offset)
@@ -226,5 +238,9 @@ def _entry(payload: bytes, family: int) -> Entry:
             mac = ":".join(f"{b:02x}" for b in value)
         elif kind == NDA_DST and len(value) == 4:
             dst = socket.inet_ntoa(value)
+        elif kind == NDA_PORT and len(value) == 2:
+            port = struct.unpack("!H", value)[0]
         offset += (length + 3) & ~3
+    if dst is not None and port:
+        dst = f"{dst}:{port}"
     return Entry(ifindex, mac, dst, state)

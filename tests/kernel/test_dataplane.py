@@ -183,3 +183,70 @@ def test_the_loopback_and_its_link_local_service_address_are_never_the_underlay(
     remove_local_address("169.254.53.53", netns=ns)
     remove_local_address("169.254.53.53", netns=ns)  # gone already: fine
     assert "169.254.53.53" not in ip(ns, "addr", "show", "dev", "lo")
+
+
+def _underlay_hosts(namespaces, count: int):
+    """`count` host namespaces on a switch namespace (a bridge), underlay 198.19.0.<i>/24, each
+    with a LinuxDataplane."""
+    switch = namespaces("sw")
+    ip(switch, "link", "add", "sw0", "type", "bridge")
+    ip(switch, "link", "set", "sw0", "up")
+    hosts = []
+    for i in range(1, count + 1):
+        ns = namespaces(f"h{i}")
+        ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{i}", "netns", switch)
+        ip(switch, "link", "set", f"p{i}", "master", "sw0", "up")
+        ip(ns, "addr", "add", f"198.19.0.{i}/24", "dev", "eth0")
+        ip(ns, "link", "set", "eth0", "up")
+        underlay = find_underlay(netns=ns)
+        hosts.append((ns, LinuxDataplane(underlay=underlay, vtep_mac=f"02:00:00:00:01:0{i}", mtu=1450, netns=ns)))
+    return hosts
+
+
+def _cut(ns: str, other: str) -> None:
+    for rule in ("add table inet cut", "add chain inet cut in { type filter hook input priority 0 ; }",
+                 "add chain inet cut out { type filter hook output priority 0 ; }",
+                 f"add rule inet cut in ip saddr {other} drop", f"add rule inet cut out ip daddr {other} drop"):
+        subprocess.run(["ip", "netns", "exec", ns, "nft", *rule.split()], check=True)
+
+
+def _pings(ns: str, target: str) -> bool:
+    done = subprocess.run(["ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1", target],
+                          capture_output=True, text=True)
+    return done.returncode == 0
+
+
+def test_a_transit_host_relays_frames_between_hosts_that_cannot_reach_each_other(namespaces):
+    """Host 1 and host 3 are cut; host 2 relays their network's frames in the kernel, with the hop
+    budget in the UDP port (docs/routing.md); the budget-0 device never forwards."""
+    (a, dpa), (b, dpb), (c, dpc) = hosts = _underlay_hosts(namespaces, 3)
+    try:
+        _cut(a, "198.19.0.3")
+        _cut(c, "198.19.0.1")
+        vni, mac_a, mac_c = 70100, "02:aa:00:00:00:01", "02:aa:00:00:00:03"
+        for dp, mac, addr in ((dpa, mac_a, "10.9.0.1/24"), (dpc, mac_c, "10.9.0.3/24")):
+            dp.ensure_network(vni)
+            dp.ensure_exposed(vni, mac=mac, cidrs=[IPv4Interface(addr)])
+        assert not _pings(a, "10.9.0.3")  # direct: cut
+        dpa.sync_remote(vni, [RemoteEntry(mac_c, "10.9.0.3", "198.19.0.2:4790")])
+        dpc.sync_remote(vni, [RemoteEntry(mac_a, "10.9.0.1", "198.19.0.2:4790")])
+        assert not _pings(a, "10.9.0.3")  # no relay yet
+        dpb.ensure_transit(vni, 1)
+        dpb.ensure_transit(vni, 1)
+        fdb = {mac_a: "198.19.0.1:4789", mac_c: "198.19.0.3:4789"}
+        assert dpb.sync_transit(vni, 1, fdb) == 2
+        assert dpb.sync_transit(vni, 1, fdb) == 0  # the dump gives the same strings back
+        assert dpb.transits() == {(vni, 1)}
+        assert "hairpin on" in ip(b, "-d", "link", "show", "pwrx1-70100")
+        assert _pings(a, "10.9.0.3") and _pings(c, "10.9.0.1")
+        # A frame sent to the network's own device on the relay (budget 0) is not forwarded.
+        dpa.sync_remote(vni, [RemoteEntry(mac_c, "10.9.0.3", "198.19.0.2")])
+        dpb.ensure_network(vni)
+        dpb.sync_remote(vni, [RemoteEntry(mac_c, "10.9.0.3", "198.19.0.3"), RemoteEntry(mac_a, "10.9.0.1", "198.19.0.1")])
+        assert not _pings(a, "10.9.0.3")
+        dpb.remove_transit(vni, 1)
+        dpb.remove_transit(vni, 1)
+        assert dpb.transits() == set()
+    finally:
+        for _ns, dp in hosts:
+            dp.close()
