@@ -6,30 +6,55 @@ agent answers at `SERVICE_ADDRESS` (a link-local address on the host's loopback;
 gets a /32 route to it through its `ethwe`), over UDP and TCP:
 - names in the domain (default `weave.local.`): every address of the name, shuffled per answer,
   case-insensitive, TTL 1 s; an unknown name is NXDOMAIN;
-- PTR for addresses it knows; everything else is forwarded to the host's upstream resolvers.
-Library: dnslib (small, pure Python, ships a threaded UDP/TCP server we only need to subclass for
-EDNS-sized UDP answers; dnspython would need the server written by hand).
+- PTR for addresses it knows; everything else is forwarded to the host's upstream resolvers, or
+  refused (REFUSED) when forwarding is off (`pyweave launch --dns-no-forward`).
+Library: dnslib for the messages and the request handler (subclassed for EDNS-sized UDP answers).
+Its servers start one thread per query, without bound; ours are socketserver's plain servers that
+hand each query to a fixed pool of workers (`WorkerPool`) through a bounded queue, after a per-source
+token bucket (`SourceRateLimiter`). A query over either limit is dropped, as a busy resolver does:
+the client retries. So a container flooding the resolver costs the agent a bounded number of
+threads and a bounded share of them, and its reconcile loop keeps running.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import queue
 import random
+import socket
+import socketserver
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from dnslib import PTR, QTYPE, RCODE, RR, A, DNSRecord
-from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
+from dnslib.server import BaseResolver, DNSHandler, DNSLogger
 
 from pyweave.dnsnames import DEFAULT_DOMAIN, SERVICE_ADDRESS, names_of, normalise_domain
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_DOMAIN", "SERVICE_ADDRESS", "DnsIndex", "DnsService", "WeaveResolver", "names_of", "normalise_domain"]
+__all__ = [
+    "DEFAULT_DOMAIN", "SERVICE_ADDRESS", "DnsIndex", "DnsService", "SourceRateLimiter", "WeaveResolver",
+    "WorkerPool", "names_of", "normalise_domain",
+]
 
 DEFAULT_TTL = 1
+# Workers answering queries, for UDP and TCP together, and the queries waiting for one. A worker
+# may wait up to FORWARD_TIMEOUT per upstream on a forwarded name, so the queue is what absorbs a
+# burst; beyond it queries are dropped.
+DEFAULT_WORKERS = 8
+DEFAULT_QUEUE = 256
+# Per source address: a sustained rate and a burst, in queries per second. A container resolving
+# names for every connection it opens stays far below; a flood does not.
+DEFAULT_RATE = 200.0
+DEFAULT_BURST = 400.0
+MAX_SOURCES = 4096  # sources remembered by the rate limiter; the least recently seen is forgotten
+FORWARD_TIMEOUT = 2.0
+TCP_TIMEOUT = 5.0  # a TCP client that sends its query slower than this loses its worker
 
 
 @dataclass
@@ -112,11 +137,14 @@ class WeaveResolver(BaseResolver):
         *,
         domain: str = DEFAULT_DOMAIN,
         upstreams: list[str] | None = None,
+        forward: bool = True,
         ttl: int = DEFAULT_TTL,
     ) -> None:
+        """forward: False answers REFUSED for names outside the domain instead of asking upstreams."""
         self.index = index
         self.domain = normalise_domain(domain)
         self.upstreams = upstreams or []
+        self.forward_enabled = forward
         self.ttl = ttl
 
     def in_domain(self, qname: str) -> bool:
@@ -143,12 +171,15 @@ class WeaveResolver(BaseResolver):
                 for name in names:
                     reply.add_answer(RR(request.q.qname, QTYPE.PTR, rdata=PTR(name), ttl=self.ttl))
                 return reply
+        if not self.forward_enabled:
+            reply.header.rcode = RCODE.REFUSED
+            return reply
         return self.forward(request, tcp=getattr(handler, "protocol", "udp") == "tcp")
 
     def forward(self, request: DNSRecord, *, tcp: bool) -> DNSRecord:
         for upstream in self.upstreams:
             try:
-                raw = request.send(upstream, 53, tcp=tcp, timeout=2)
+                raw = request.send(upstream, 53, tcp=tcp, timeout=FORWARD_TIMEOUT)
                 return DNSRecord.parse(raw)
             except (TimeoutError, OSError, Exception) as err:  # noqa: BLE001 - try the next upstream
                 log.debug("upstream %s failed: %s", upstream, err)
@@ -180,24 +211,171 @@ class _QuietLogger(DNSLogger):
         super().__init__(log="-request,-reply,-truncated,-error,-recv,-send,-data")
 
 
-class DnsService:
-    """The UDP and TCP servers of one agent."""
+class SourceRateLimiter:
+    """A token bucket per source address: `rate` queries per second sustained, `burst` at once.
+    Remembers at most `max_sources` sources (least recently seen forgotten first), so a spoofed
+    flood from many addresses costs bounded memory. Thread-safe."""
 
-    def __init__(self, resolver: WeaveResolver, *, address: str = SERVICE_ADDRESS, port: int = 53) -> None:
-        self.servers = [
-            DNSServer(resolver, address=address, port=port, tcp=tcp, handler=_Handler, logger=_QuietLogger())
-            for tcp in (False, True)
+    def __init__(self, rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST, *,
+                 max_sources: int = MAX_SOURCES, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # source -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def allow(self, source: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            tokens, then = self._buckets.pop(source, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            allowed = tokens >= 1.0
+            self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+            while len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+            return allowed
+
+
+class WorkerPool:
+    """A fixed number of worker threads fed by a bounded queue. `submit` never blocks: it returns
+    False when the queue is full (the caller drops the work)."""
+
+    def __init__(self, workers: int = DEFAULT_WORKERS, queue_size: int = DEFAULT_QUEUE, *, name: str = "dns") -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.threads = [
+            threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True) for i in range(workers)
         ]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., None], *args) -> bool:
+        try:
+            self._queue.put_nowait((fn, args))
+        except queue.Full:
+            return False
+        return True
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one bad query must not cost a worker
+                log.debug("dns worker: query failed", exc_info=True)
+
+    def stop(self) -> None:
+        for _ in self.threads:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break  # daemons: they go with the process
+
+
+class _PooledServer(socketserver.BaseServer):
+    """socketserver's serving loop, with each request handed to a WorkerPool after the source's
+    rate limit; what either refuses is dropped (counted in `dropped`)."""
+
+    pool: WorkerPool
+    limiter: SourceRateLimiter
+
+    def setup_service(self, resolver: WeaveResolver, pool: WorkerPool, limiter: SourceRateLimiter) -> None:
+        self.resolver = resolver
+        self.logger = _QuietLogger()
+        self.pool = pool
+        self.limiter = limiter
+        self.dropped = {"rate": 0, "busy": 0}
+
+    def process_request(self, request, client_address) -> None:
+        if not self.limiter.allow(client_address[0]):
+            self.dropped["rate"] += 1
+            self.shutdown_request(request)
+        elif not self.pool.submit(self._handle, request, client_address):
+            self.dropped["busy"] += 1
+            self.shutdown_request(request)
+
+    def _handle(self, request, client_address) -> None:
+        try:
+            if isinstance(request, socket.socket):
+                request.settimeout(TCP_TIMEOUT)
+            self.finish_request(request, client_address)
+        except Exception as err:  # noqa: BLE001 - a client that hangs up or times out
+            log.debug("dns query from %s failed: %s", client_address[0], err)
+        finally:
+            self.shutdown_request(request)
+
+
+class _UdpServer(_PooledServer, socketserver.UDPServer):
+    allow_reuse_address = True
+
+
+class _TcpServer(_PooledServer, socketserver.TCPServer):
+    allow_reuse_address = True
+
+
+class DnsService:
+    """The UDP and TCP servers of one agent: one serving thread each, and one worker pool for both."""
+
+    def __init__(
+        self,
+        resolver: WeaveResolver,
+        *,
+        address: str = SERVICE_ADDRESS,
+        port: int = 53,
+        workers: int = DEFAULT_WORKERS,
+        queue_size: int = DEFAULT_QUEUE,
+        rate: float = DEFAULT_RATE,
+        burst: float = DEFAULT_BURST,
+    ) -> None:
+        self.pool = WorkerPool(workers, queue_size)
+        self.limiter = SourceRateLimiter(rate, burst)
+        self.servers: list[_PooledServer] = []
         self._threads: list[threading.Thread] = []
+        try:
+            for server_class in (_UdpServer, _TcpServer):
+                server = server_class((address, port), _Handler)
+                server.setup_service(resolver, self.pool, self.limiter)
+                self.servers.append(server)
+                port = int(server.server_address[1])  # type: ignore[index]  # port 0 (tests): TCP on UDP's port
+        except OSError:
+            self.stop()
+            raise
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the UDP server listens (with port 0 given, the port the kernel chose)."""
+        host, port = self.servers[0].server_address[:2]  # type: ignore[misc]
+        return str(host), int(port)
+
+    def dropped(self) -> dict[str, int]:
+        """Queries dropped so far, by reason: over a source's rate, or no worker free."""
+        total = {"rate": 0, "busy": 0}
+        for server in self.servers:
+            for reason, count in server.dropped.items():
+                total[reason] += count
+        return total
 
     def start(self) -> None:
         for server in self.servers:
-            server.start_thread()
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                      name=f"dns-{type(server).__name__.strip('_').lower()}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        # Closing the sockets is enough: the serving threads are daemons and the process is ending.
+        # Both serving loops are told at once (each notices within its poll interval), then the
+        # sockets are closed: the agent's stop waits for neither longer than it must.
+        stopping = [threading.Thread(target=server.shutdown, daemon=True) for server in self.servers if self._threads]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join(timeout=1.0)
         for server in self.servers:
             try:
-                server.server.server_close()
+                server.server_close()
             except OSError:
                 pass
+        self.pool.stop()
