@@ -1,0 +1,267 @@
+"""The link prober (docs/routing.md section 1) with real UDP sockets on loopback: probers on
+127.0.0.1, 127.0.0.2 (and 127.0.0.3) on one port, each in its thread; and the publishing rule."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from fakes import wait_for
+
+from pyweave.agent.prober import PING, PONG, Prober, decode, encode, publish_due
+from pyweave.routes import LinkView
+
+INTERVAL = 0.05
+DOWN_AFTER = 0.3
+
+
+def _free_port(*addresses: str) -> int:
+    """A UDP port free on every address."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.bind((addresses[0], 0))
+            port = first.getsockname()[1]
+            others = []
+            try:
+                for address in addresses[1:]:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    others.append(s)
+                    s.bind((address, port))
+                return port
+            except OSError:
+                continue
+            finally:
+                for s in others:
+                    s.close()
+    raise RuntimeError("no common free port")
+
+
+class Probers:
+    """Start and stop probers in threads; every one still running is stopped at teardown."""
+
+    def __init__(self) -> None:
+        self.port = _free_port("127.0.0.1", "127.0.0.2", "127.0.0.3")
+        self.running: dict[str, tuple[Prober, threading.Event, threading.Thread]] = {}
+        self.changes: dict[str, int] = {}
+
+    def start(self, name: str, address: str, peers: dict[str, str], seed: dict[str, LinkView] | None = None) -> Prober:
+        self.changes[name] = 0
+
+        def changed() -> None:
+            self.changes[name] += 1
+
+        p = Prober(name, address, port=self.port, interval=INTERVAL, down_after=DOWN_AFTER, on_change=changed)
+        if seed is not None:
+            p.seed(seed)
+        p.set_peers(peers)
+        stop = threading.Event()
+        thread = threading.Thread(target=p.run, args=(stop,), daemon=True, name=f"prober-{name}")
+        thread.start()
+        assert p.bound.wait(5), p.bind_error
+        self.running[name] = (p, stop, thread)
+        return p
+
+    def stop(self, name: str) -> None:
+        _p, stop, thread = self.running.pop(name)
+        stop.set()
+        thread.join(5)
+        assert not thread.is_alive()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+@pytest.fixture
+def probers():
+    ps = Probers()
+    yield ps
+    ps.stop_all()
+
+
+A, B, C = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+
+
+def up(p: Prober, peer: str) -> bool:
+    view = p.snapshot().get(peer)
+    return view is not None and view.up
+
+
+def test_wire_format_round_trip_and_malformed():
+    packet = encode(PING, 7, 123456789, "host-a")
+    assert packet[:4] == b"PWP1" and len(packet) == 4 + 1 + 4 + 8 + 6
+    assert decode(packet) == (PING, 7, 123456789, "host-a")
+    assert decode(encode(PONG, 2**32 - 1, 2**64 - 1, "ü")) == (PONG, 2**32 - 1, 2**64 - 1, "ü")
+    assert decode(b"") is None
+    assert decode(b"XXXX" + packet[4:]) is None
+    assert decode(packet[:17]) is None  # no sender name
+    assert decode(packet[:4] + b"\x03" + packet[5:]) is None  # unknown kind
+    assert decode(packet[:17] + b"\xff\xfe") is None  # not utf-8
+
+
+def test_link_goes_up_with_an_rtt(probers):
+    t0 = time.time()
+    a = probers.start("a", A, {"a": A, "b": B})  # its own name is ignored
+    b = probers.start("b", B, {"a": A, "b": B})
+    wait_for(lambda: up(a, "b") and up(b, "a"), timeout=5, message="link a-b up on both sides")
+    view = a.snapshot()["b"]
+    assert list(a.snapshot()) == ["b"]
+    assert view.rtt_ms is not None and 0 < view.rtt_ms < 100
+    assert t0 <= view.since <= time.time()
+    assert probers.changes["a"] >= 1 and probers.changes["b"] >= 1  # on_change told of the link going up
+    assert a.stats.pongs_received >= 2 and a.stats.pongs_sent >= 1 and a.stats.unknown == 0
+
+
+def test_link_goes_down_when_the_peer_stops_and_comes_back(probers):
+    a = probers.start("a", A, {"b": B})
+    probers.start("b", B, {"a": A})
+    wait_for(lambda: up(a, "b"), timeout=5, message="link up")
+    changes = probers.changes["a"]
+    probers.stop("b")
+    stopped = time.monotonic()
+    wait_for(lambda: not up(a, "b"), timeout=5, message="link down")
+    took = time.monotonic() - stopped
+    assert took <= DOWN_AFTER + INTERVAL + 0.15, took  # slack for a loaded machine's scheduler
+    assert probers.changes["a"] > changes
+    down_since = a.snapshot()["b"].since
+    assert a.snapshot()["b"].rtt_ms is not None  # the last RTT measured is kept
+
+    probers.start("b", B, {"a": A})
+    wait_for(lambda: up(a, "b"), timeout=5, message="link up again")
+    assert a.snapshot()["b"].since > down_since
+
+
+def test_a_link_never_answered_is_down_and_sends_never_raise(probers):
+    # 127.0.0.3: nobody listens (ICMP port unreachable); 192.0.2.1 (TEST-NET-1): no route, or a black hole
+    a = probers.start("a", A, {"c": C, "x": "192.0.2.1"})
+    wait_for(lambda: a.stats.pings_sent + a.stats.send_errors >= 10, timeout=5, message="probes sent")
+    assert probers.running["a"][2].is_alive()
+    assert {name: view.up for name, view in a.snapshot().items()} == {"c": False, "x": False}
+    assert a.snapshot()["c"].rtt_ms is None
+
+
+def test_asymmetric_failure_is_seen_by_one_side_only(probers):
+    a = probers.start("a", A, {"b": B})
+    b = probers.start("b", B, {"a": A})
+    wait_for(lambda: up(a, "b") and up(b, "a"), timeout=5, message="link up")
+    a.drop = lambda sender, kind: sender == "b" and kind == PONG  # a no longer hears b's answers
+    wait_for(lambda: not up(a, "b"), timeout=5, message="a sees b down")
+    pongs = b.stats.pongs_received
+    wait_for(lambda: b.stats.pongs_received >= pongs + 10, timeout=5, message="b still answered by a")
+    assert up(b, "a")
+    a.drop = None
+    wait_for(lambda: up(a, "b"), timeout=5, message="a sees b up again")
+
+
+def test_up_needs_pongs_in_a_row(probers):
+    a = probers.start("a", A, {"b": B})
+    b = probers.start("b", B, {"a": A})
+    answered = []
+
+    def every_other_ping(sender: str, kind: int) -> bool:  # b answers one ping in two
+        if kind != PING:
+            return False
+        answered.append(sender)
+        return len(answered) % 2 == 0
+
+    b.drop = every_other_ping
+    wait_for(lambda: a.stats.pongs_received >= 6, timeout=5, message="pongs")
+    assert not up(a, "b")  # never two in a row
+    b.drop = None
+    wait_for(lambda: up(a, "b"), timeout=5, message="link up")
+
+
+def test_a_seeded_link_stays_up_across_a_restart(probers):
+    a = probers.start("a", A, {"b": B})
+    probers.start("b", B, {"a": A})
+    wait_for(lambda: up(a, "b"), timeout=5, message="link up")
+    published = a.snapshot()
+    probers.stop("a")
+
+    a2 = probers.start("a", A, {"b": B}, seed=published)
+    assert a2.snapshot()["b"] == published["b"]  # at once, before any pong
+    pongs_needed = int(2 * DOWN_AFTER / INTERVAL)
+    wait_for(lambda: a2.stats.pongs_received >= pongs_needed, timeout=5, message="pongs after the restart")
+    seen = a2.snapshot()["b"]
+    assert seen.up and seen.since == published["b"].since
+    assert a2.stats.changes.get("b", 0) == 0  # never went down
+
+
+def test_a_seeded_link_goes_down_when_the_peer_does_not_answer(probers):
+    seed = {"c": LinkView(up=True, rtt_ms=0.2, since=1000.0), "gone": LinkView(up=True, rtt_ms=0.2, since=1000.0)}
+    a = probers.start("a", A, {"c": C}, seed=seed)
+    assert up(a, "c") and set(a.snapshot()) == {"c"}  # peers not alive any more are not reported
+    started = time.monotonic()
+    wait_for(lambda: not up(a, "c"), timeout=5, message="seeded link down")
+    assert time.monotonic() - started <= DOWN_AFTER + INTERVAL + 0.15
+    assert a.snapshot()["c"].since > 1000.0
+
+
+def test_peers_come_and_go(probers):
+    a = probers.start("a", A, {"b": B})
+    probers.start("b", B, {"a": A})
+    wait_for(lambda: up(a, "b"), timeout=5, message="link up")
+    changes = probers.changes["a"]
+    a.set_peers({})
+    assert a.snapshot() == {}
+    wait_for(lambda: probers.changes["a"] > changes, timeout=5, message="on_change for a peer gone")
+    unknown = a.stats.unknown
+    wait_for(lambda: a.stats.unknown > unknown, timeout=5, message="b's pings counted as unknown")
+    a.set_peers({"b": B})
+    assert not up(a, "b")
+    wait_for(lambda: up(a, "b"), timeout=5, message="link up again")
+
+
+def test_malformed_and_unknown_packets_are_counted_and_ignored(probers):
+    a = probers.start("a", A, {"b": B})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((C, 0))
+        s.sendto(b"hello", (A, probers.port))
+        s.sendto(encode(PING, 1, 1, "stranger"), (A, probers.port))
+        s.sendto(encode(PING, 1, 1, "b"), (A, probers.port))  # b's name, not b's address
+        s.sendto(encode(PONG, 1, 1, "b"), (A, probers.port))
+        wait_for(lambda: a.stats.malformed >= 1 and a.stats.unknown >= 3, timeout=5, message="packets counted")
+        s.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            s.recvfrom(100)  # no pong to strangers
+    assert not up(a, "b")
+
+
+def test_the_interval_grows_with_many_peers():
+    p = Prober("a", A, interval=0.1, max_rate=200.0)
+    p.set_peers({f"h{i}": f"10.0.{i // 250}.{i % 250 + 1}" for i in range(10)})
+    assert p.period == 0.1
+    p.set_peers({f"h{i}": f"10.0.{i // 250}.{i % 250 + 1}" for i in range(1000)})
+    assert p.period == pytest.approx(5.0)
+
+
+def _view(up: bool = True, rtt: float | None = 10.0, since: float = 0.0) -> LinkView:
+    return LinkView(up=up, rtt_ms=rtt, since=since)
+
+
+def test_publish_due():
+    last = {"b": _view(), "c": _view(up=False, rtt=None)}
+    assert publish_due(None, {}, 0.0, 0.0)
+    assert not publish_due(last, dict(last), 0.0, 100.0)
+    # up/down and peers: at once
+    assert publish_due(last, {**last, "b": _view(up=False)}, 99.0, 100.0)
+    assert publish_due(last, {"b": _view()}, 99.0, 100.0)
+    assert publish_due(last, {**last, "d": _view(up=False, rtt=None)}, 99.0, 100.0)
+    # RTT: more than half and at least 1 ms, at most every 5 s
+    assert publish_due(last, {**last, "b": _view(rtt=16.0)}, 0.0, 100.0)
+    assert not publish_due(last, {**last, "b": _view(rtt=16.0)}, 97.0, 100.0)
+
+
+def test_publish_due_rtt_rule():
+    last = {"b": _view(rtt=10.0)}
+    assert publish_due(last, {"b": _view(rtt=15.1)}, 0.0, 5.0)  # +51%, 5.1 ms, 5 s after the last write
+    assert not publish_due(last, {"b": _view(rtt=15.1)}, 0.0, 4.9)  # too soon
+    assert not publish_due(last, {"b": _view(rtt=14.9)}, 0.0, 100.0)  # not more than half
+    assert publish_due(last, {"b": _view(rtt=4.9)}, 0.0, 100.0)  # down by more than half
+    small = {"b": _view(rtt=0.2)}
+    assert not publish_due(small, {"b": _view(rtt=0.9)}, 0.0, 100.0)  # x4.5 but under 1 ms
+    assert publish_due(small, {"b": _view(rtt=1.2)}, 0.0, 100.0)  # +1 ms and more than half
+    assert publish_due({"b": _view(up=False, rtt=None)}, {"b": _view(up=False, rtt=3.0)}, 0.0, 100.0)  # first RTT
+    assert not publish_due({"b": _view(rtt=3.0)}, {"b": _view(rtt=None)}, 0.0, 100.0)
