@@ -339,7 +339,7 @@ class DnsService:
                 server = server_class((address, port), _Handler)
                 server.setup_service(resolver, self.pool, self.limiter)
                 self.servers.append(server)
-                port = int(server.server_address[1])  # type: ignore[index]  # port 0 (tests): TCP on UDP's port
+                port = int(server.socket.getsockname()[1])  # port 0 (tests): TCP on the port UDP was given
         except OSError:
             self.stop()
             raise
@@ -347,7 +347,7 @@ class DnsService:
     @property
     def address(self) -> tuple[str, int]:
         """Where the UDP server listens (with port 0 given, the port the kernel chose)."""
-        host, port = self.servers[0].server_address[:2]  # type: ignore[misc]
+        host, port = self.servers[0].socket.getsockname()[:2]
         return str(host), int(port)
 
     def dropped(self) -> dict[str, int]:
