@@ -11,6 +11,7 @@ Desired state (written by the CLI or a person):
 Observed state (written only by the agent that owns it, bound to its host's lease):
     hosts/<host>    members/<host>    endpoints/<host>/<container>/<ip>
     dns/<host>/<container>            tombstones/<host>
+    links/<host>                      (its view of its underlay links: docs/routing.md)
 Progress (outside the watched prefix):
     /pyweave/progress/v1/<host>
 
@@ -34,6 +35,7 @@ DNS = ROOT + "dns/"
 DNS_EXTRA = ROOT + "dnsextra/"
 TOMBSTONES = ROOT + "tombstones/"
 VNIS = ROOT + "vnis/"
+LINKS = ROOT + "links/"
 
 Subnetish = ipaddress.IPv4Network | str
 
@@ -101,6 +103,10 @@ def dns_extra_key(host: str, container: str) -> str:
 
 def tombstone_key(host: str) -> str:
     return TOMBSTONES + host
+
+
+def links_key(host: str) -> str:
+    return LINKS + host
 
 
 def progress_key(host: str) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -94,6 +95,17 @@ class DnsRecords:
 
 
 @dataclass(frozen=True)
+class LinkView:
+    """One host's view of its underlay link to one peer (`links/<host>`, docs/routing.md): up or
+    down, the RTT it measured (ms, None when never answered) and since when (unix time) it has been
+    up or down. `pyweave.routes` computes routes from these."""
+
+    up: bool
+    rtt_ms: float | None
+    since: float
+
+
+@dataclass(frozen=True)
 class Invalid:
     key: str
     problem: str
@@ -148,6 +160,17 @@ def dns_extra_value(add: Iterable[tuple[str, str]], remove: Iterable[tuple[str, 
 
 def tombstone_value(since: float) -> bytes:
     return _dump({"since": since}, compact=False)
+
+
+def links_value(peers: Mapping[str, LinkView]) -> bytes:
+    """`{"peers": {"<peer>": {"up": true, "rtt_ms": 0.21, "since": 1764331200.5}}}`: the same bytes
+    for the same views (peers sorted, RTT rounded to 0.01 ms, null when unknown), so an agent can
+    skip a write that changes nothing."""
+    body = {
+        peer: {"up": bool(v.up), "rtt_ms": None if v.rtt_ms is None else round(float(v.rtt_ms), 2), "since": float(v.since)}
+        for peer, v in peers.items()
+    }
+    return _dump({"peers": body})
 
 
 def progress_value(revision: int, problems: Iterable[Invalid], vnis: Iterable[int] = ()) -> bytes:
@@ -319,6 +342,35 @@ def parse_config(obj: dict) -> ClusterConfig:
     return ClusterConfig(str(rng), str(default), float(grace))
 
 
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise Bad(f"{what} must be a non-negative number, got {json.dumps(value)}")
+    return float(value)
+
+
+def parse_links(value: bytes) -> dict[str, LinkView]:
+    """A host's view of its links (`links/<host>`): peer -> LinkView. Raises `Bad` for a malformed one."""
+    peers = _field(obj_of(value), "peers", dict)
+    out: dict[str, LinkView] = {}
+    for peer, link in peers.items():
+        if not peer or "/" in peer:
+            raise Bad(f"peer name {json.dumps(peer)} is not a host name")
+        if not isinstance(link, dict):
+            raise Bad(f"peer {peer}: expected a JSON object, got {json.dumps(link)}")
+        up = link.get("up")
+        if not isinstance(up, bool):
+            raise Bad(f'peer {peer}: field "up" must be true or false, got {json.dumps(up)}')
+        rtt = link.get("rtt_ms")
+        if "since" not in link:
+            raise Bad(f'peer {peer}: missing field "since"')
+        out[peer] = LinkView(
+            up=up,
+            rtt_ms=None if rtt is None else _number(rtt, f'peer {peer}: field "rtt_ms"'),
+            since=_number(link["since"], f'peer {peer}: field "since"'),
+        )
+    return out
+
+
 def parse_claim(nid: str, ip: str, obj: dict) -> IpClaim:
     return IpClaim(
         subnet=keys.subnet_of_net_id(nid),
@@ -363,6 +415,8 @@ def parse_entry(key: str, raw: bytes) -> Entry | Invalid | None:
             return "dns", (rest[0], rest[1]), DnsRecords(rest[0], rest[1], name_pairs(obj.get("records", []), "records"))
         if kind == "dnsextra" and len(rest) == 2:
             return "dns_extra", (rest[0], rest[1]), parse_dns_extra(obj_of(raw))
+        if kind == "links" and len(rest) == 1:
+            return "links", rest[0], parse_links(raw)
         if kind == "tombstones" and len(rest) == 1:
             return "tombstones", rest[0], float(_field(obj_of(raw), "since", (int, float)))
         raise Bad("unknown key: not part of the schema in docs/keys.md")

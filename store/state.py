@@ -21,6 +21,7 @@ from store.records import (
     HostRecord,
     Invalid,
     IpClaim,
+    LinkView,
     NetworkRecord,
     parse_entry,
 )
@@ -39,6 +40,7 @@ class ClusterState:
     dns: dict[tuple[str, str], DnsRecords] = field(default_factory=dict)  # observed, by (host, container)
     dns_extra: dict[tuple[str, str], tuple[tuple, tuple]] = field(default_factory=dict)  # (add, remove)
     tombstones: dict[str, float] = field(default_factory=dict)
+    links: dict[str, dict[str, LinkView]] = field(default_factory=dict)  # host -> peer -> its view (docs/routing.md)
     vni_claims: dict[int, str] = field(default_factory=dict)  # vni -> subnet (written with the network)
     config: ClusterConfig | None = None
     invalid: list[Invalid] = field(default_factory=list)

@@ -1,19 +1,26 @@
 """Commands that show: status (this host, its peers, the store, every problem found), status peers,
-status ipam, report, version. Each reads only the keys it shows."""
+status ipam, status connections, report, version. Each reads only the keys it shows."""
 
 from __future__ import annotations
 
 import json
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import typer
 
 from pyweave import __version__
-from pyweave.cli.base import EXIT_ERROR, Context, app, fail, status_app
+from pyweave.cli.base import EXIT_ERROR, Context, app, fail, say, status_app
 from store import keys
 from store.errors import StoreError
 from store.records import parse_progress
+
+if TYPE_CHECKING:
+    from store.state import ClusterState
+
+VXLAN_PORT = 4789
 
 
 def _gather_status(ctx: Context) -> tuple[dict, bool]:
@@ -178,6 +185,77 @@ def status_ipam(
     typer.echo(f"{'HOST':<{width}}  ADDRESSES  STATE")
     for r in rows:
         typer.echo(f"{r['host']:<{width}}  {r['addresses']:>9}  {r['state']}")
+
+
+def _gather_connections(state: ClusterState, me: str) -> list[dict] | None:
+    """Per alive peer, how this host reaches it, computed as the agents do (pyweave.routes) from
+    the published links; None when no host publishes links (agents from before routing)."""
+    from pyweave.routes import routes_from, usable_links
+
+    if not state.links:
+        return None
+    peers = sorted(name for name, rec in state.hosts.items() if rec.state == "alive" and name != me)
+    routes = routes_from(me, usable_links(state.links), peers)
+    mine = state.links.get(me, {})
+    rows = []
+    for name in peers:
+        route = routes[name]
+        link = mine.get(name)
+        mode = "direct" if route.direct else ("via" if route.reachable else "unreachable")
+        rows.append({
+            "peer": name,
+            "address": state.hosts[name].address,
+            "mode": mode,
+            "via": route.next_hop if mode == "via" else None,
+            "hops": route.hops if route.reachable else None,
+            "rtt_ms": round(route.rtt_ms, 2) if route.reachable else None,
+            "since": link.since if link is not None else None,
+        })
+    return rows
+
+
+def _render_connections(rows: list[dict]) -> str:
+    """weave's `status connections`: `-> address:port  state mode  peer  rtt  since`, one line per peer."""
+    cells = []
+    for r in rows:
+        if r["mode"] == "direct":
+            state, mode = "established", "direct"
+        elif r["mode"] == "via":
+            state, mode = "established", f"via {r['via']}" + (f" ({r['hops']} hops)" if r["hops"] > 2 else "")
+        else:
+            state, mode = "failed", "unreachable"
+        since = "-" if r["since"] is None else datetime.fromtimestamp(r["since"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        rtt = "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:g}ms"
+        cells.append((f"-> {r['address']}:{VXLAN_PORT}", state, mode, r["peer"], f"rtt={rtt}", f"since={since}"))
+    if not cells:
+        return ""
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    return "".join("  ".join(f"{c[i]:<{widths[i]}}" for i in range(5)) + f"  {c[5]}\n" for c in cells)
+
+
+@status_app.command("connections")
+def status_connections(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="As JSON: peer, address, mode, via, hops, rtt_ms, since."),
+) -> None:
+    """How this host reaches each alive peer: direct, via another host (relayed), or unreachable.
+
+    Computed as the agents compute their routes, from the links every agent publishes
+    (docs/routing.md). Example: `pyweave status connections`.
+    """
+    c = Context()
+    try:
+        state, _ = c.cluster.state("hosts/", "links/")
+    except StoreError as err:
+        fail(str(err))
+    rows = _gather_connections(state, c.me)
+    if rows is None:
+        say("no connections: no host publishes its links (agents from before multi-hop routing)")
+        rows = []
+    if as_json or (ctx.obj or {}).get("json"):
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        typer.echo(_render_connections(rows), nl=False)
 
 
 @app.command()
