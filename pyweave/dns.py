@@ -332,7 +332,7 @@ class DnsService:
     ) -> None:
         self.pool = WorkerPool(workers, queue_size)
         self.limiter = SourceRateLimiter(rate, burst)
-        self.servers: list[_PooledServer] = []
+        self.servers: list[_UdpServer | _TcpServer] = []
         self._threads: list[threading.Thread] = []
         try:
             for server_class in (_UdpServer, _TcpServer):

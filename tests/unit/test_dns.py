@@ -180,9 +180,11 @@ def test_a_flooding_source_is_limited_and_others_are_still_answered(service):
 
 def test_queries_wait_for_a_bounded_pool_and_beyond_its_queue_are_dropped(service):
     release = threading.Event()
+    entered = threading.Semaphore(0)
 
     class Blocking(WeaveResolver):
         def resolve(self, request, handler):
+            entered.release()
             release.wait(10)
             return super().resolve(request, handler)
 
@@ -195,6 +197,8 @@ def test_queries_wait_for_a_bounded_pool_and_beyond_its_queue_are_dropped(servic
             q = DNSRecord.question("db.weave.local")
             q.header.id = i + 1
             sock.sendto(q.pack(), svc.address)
+            if i < 2:  # both workers busy before the rest arrive
+                assert entered.acquire(timeout=5)
         deadline = time.monotonic() + 5
         while svc.dropped()["busy"] < 15 and time.monotonic() < deadline:
             time.sleep(0.01)
