@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 UNDERLAY_NET = "198.18.0"
+CUT_TABLE = "pwlab_cut"  # the nftables table of link cuts in a host namespace (Lab.cut)
+STORE_PORTS = (2379, 2380)  # etcd's client and peer ports: never cut
 TEST_IMAGE = "busybox:latest"
 BUSYBOX_APPLETS = (
     "sh ash ping ip ifconfig nslookup sleep cat ls echo true false hostname wget nc arping route "
@@ -58,6 +60,8 @@ class Lab:
         self.hosts = [LabHost(f"{self.prefix}-h{i + 1}", f"{UNDERLAY_NET}.{i + 1}") for i in range(hosts)]
         self.state_root = Path(tempfile.mkdtemp(prefix=f"pyweave-{self.prefix}-"))
         self._namespaces: list[str] = []
+        # link cuts: host name -> ("in" | "out", peer address) it drops (see `cut`)
+        self._drops: dict[str, set[tuple[str, str]]] = {}
 
     # -- building ------------------------------------------------------------------------------
     def __enter__(self) -> Lab:
@@ -182,6 +186,73 @@ class Lab:
         while sh("ip", "netns", "pids", h.name, check=False).stdout.strip() and time.monotonic() < deadline:
             time.sleep(0.05)
         sh("ip", "netns", "del", h.name, check=False)
+
+    # -- breaking links ------------------------------------------------------------------------
+    def cut(self, a: LabHost | int, b: LabHost | int) -> None:
+        """Cut the underlay between hosts a and b, both ways: each drops what it sends to and
+        receives from the other's underlay address (nftables table `inet pwlab_cut` in both host
+        namespaces). The store's ports (TCP 2379 and 2380, either side) are exempt: the data path
+        and the link probes break, etcd stays reachable. Idempotent; `restore` undoes it."""
+        ha, hb = self._lab_host(a), self._lab_host(b)
+        self._drops.setdefault(ha.name, set()).update({("in", hb.address), ("out", hb.address)})
+        self._drops.setdefault(hb.name, set()).update({("in", ha.address), ("out", ha.address)})
+        self._apply_cuts(ha, hb)
+
+    def cut_one_way(self, a: LabHost | int, b: LabHost | int) -> None:
+        """a no longer receives what b sends it (b still receives what a sends); undone by `restore`."""
+        ha, hb = self._lab_host(a), self._lab_host(b)
+        self._drops.setdefault(ha.name, set()).add(("in", hb.address))
+        self._apply_cuts(ha)
+
+    def cut_all(self, a: LabHost | int) -> None:
+        """Cut every link of host a (to the other hosts of the lab)."""
+        ha = self._lab_host(a)
+        for other in self.hosts:
+            if other.name != ha.name:
+                self.cut(ha, other)
+
+    def restore(self, a: LabHost | int, b: LabHost | int) -> None:
+        """Undo every cut between a and b (both ways, one way or both). Idempotent."""
+        ha, hb = self._lab_host(a), self._lab_host(b)
+        for host, peer in ((ha, hb), (hb, ha)):
+            self._drops.get(host.name, set()).difference_update({("in", peer.address), ("out", peer.address)})
+        self._apply_cuts(ha, hb)
+
+    def restore_all(self) -> None:
+        """Undo every cut of the lab."""
+        cut = [self._lab_host(name) for name, drops in self._drops.items() if drops]
+        self._drops.clear()
+        self._apply_cuts(*cut)
+
+    def cuts(self, host: LabHost | int) -> set[tuple[str, str]]:
+        """What host drops: ("in", address) and ("out", address) pairs."""
+        return set(self._drops.get(self._lab_host(host).name, set()))
+
+    def _lab_host(self, ref: LabHost | int | str) -> LabHost:
+        return ref if isinstance(ref, LabHost) else self.host(ref)
+
+    def _apply_cuts(self, *hosts: LabHost) -> None:
+        """Write each host's table from `_drops`, in one nft transaction per host (the add-then-
+        delete idiom makes it idempotent); a host with nothing to drop has no table at all."""
+        for host in hosts:
+            drops = self._drops.get(host.name, set())
+            script = f"add table inet {CUT_TABLE}\ndelete table inet {CUT_TABLE}\n"
+            if drops:
+                sources = ", ".join(sorted(addr for way, addr in drops if way == "in"))
+                destinations = ", ".join(sorted(addr for way, addr in drops if way == "out"))
+                exempt = ", ".join(str(port) for port in STORE_PORTS)
+                script += (
+                    f"table inet {CUT_TABLE} {{\n"
+                    f"  chain input {{ type filter hook input priority -10; policy accept;\n"
+                    f"    tcp dport {{ {exempt} }} accept\n    tcp sport {{ {exempt} }} accept\n"
+                    + (f"    ip saddr {{ {sources} }} drop\n" if sources else "")
+                    + "  }\n"
+                    f"  chain output {{ type filter hook output priority -10; policy accept;\n"
+                    f"    tcp dport {{ {exempt} }} accept\n    tcp sport {{ {exempt} }} accept\n"
+                    + (f"    ip daddr {{ {destinations} }} drop\n" if destinations else "")
+                    + "  }\n}\n"
+                )
+            sh("ip", "netns", "exec", host.name, "nft", "-f", "-", input=script)
 
     # -- tearing down --------------------------------------------------------------------------
     def containers(self) -> list[str]:
