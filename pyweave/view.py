@@ -49,6 +49,8 @@ class RemoteChanges:
 
     ips: dict[int, set[str]] = field(default_factory=dict)
     local: bool = False  # something this host's own plan depends on changed
+    hosts: bool = False  # a host record came, went or changed (routes, probes)
+    links: bool = False  # a host's link views changed (routes)
     names: bool = False  # weaveDNS records changed
     reset: bool = False  # the view was cleared and listed again: trust nothing applied before
 
@@ -87,6 +89,7 @@ class ClusterView:
         self.dns_extra: dict[tuple[str, str], tuple[tuple, tuple]] = {}
         self.tombstones: dict[str, float] = {}
         self.vni_claims: dict[int, str] = {}
+        self.links: dict[str, dict] = {}  # host -> peer -> LinkView (pyweave.routes)
         self.config: ClusterConfig | None = None
         # -- what the cross-checks work from ------------------------------------------------------
         self._parse_invalid: dict[str, Invalid] = {}
@@ -182,6 +185,10 @@ class ClusterView:
         """The remote entries of a VNI by IP (this host's own endpoints excluded)."""
         return self._remote.get(vni, {})
 
+    def remote_vnis(self) -> list[int]:
+        """The VNIs that have remote entries."""
+        return list(self._remote)
+
     def own_items(self) -> dict[str, tuple[bytes, int]]:
         """This host's observed records in the mirror (its endpoints and names)."""
         with self.lock:
@@ -226,6 +233,7 @@ class ClusterView:
                 for ep_key in list(self._eps_by_host.get(index, ())):
                     self._recheck_endpoint(ep_key)
             self._changes.local = True
+            self._changes.hosts = True
         elif slot == "config":
             self.config = record
             self._changes.local = True
@@ -253,6 +261,7 @@ class ClusterView:
             for ep_key in list(self._eps_by_host.get(index, ())):
                 self._recheck_endpoint(ep_key)
             self._changes.local = True
+            self._changes.hosts = True
         elif slot == "config":
             self.config = None
             self._changes.local = True
@@ -287,6 +296,8 @@ class ClusterView:
         elif slot == "dns_extra":
             if index[0] == self.me:
                 self._changes.local = True
+        elif slot == "links":
+            self._changes.links = True
         elif slot == "members" or slot == "tombstones":
             pass
 

@@ -24,6 +24,7 @@ from store.records import Invalid, NetworkRecord
 
 log = logging.getLogger("pyweave.agent")
 
+TRANSIT_GRACE = 30.0  # seconds a transit device nobody needs is kept (a flapping link does not churn it)
 REMOTE_CHECK_RATE = 1000.0  # remote entries re-read from the kernel per second, at most, by the resync
 
 
@@ -44,6 +45,9 @@ class KernelApplier:
         self._applied: dict[tuple, object] = {}
         self._remote: dict[int, RemoteTable] = {}  # vni -> what its VXLAN device holds
         self._refused: dict[tuple[str, int], tuple[LocalPort, str]] = {}  # permanent failures
+        self._transit: dict[tuple[int, int], dict[str, str]] = {}  # (vni, budget) -> FDB as applied
+        self._transit_present: set[tuple[int, int]] | None = None  # as the kernel has them
+        self._transit_unwanted: dict[tuple[int, int], float] = {}  # -> since when nobody needs it
 
     def forget(self, *, all_remote: bool = True) -> None:
         """Trust nothing: the next pass re-reads and re-checks every object (full resync).
@@ -53,6 +57,8 @@ class KernelApplier:
         50 us an entry, so at REMOTE_CHECK_RATE entries a second it stays near 5 % of a core
         (50,000 entries: every 50 s; up to 8,000: at every resync)."""
         self._applied.clear()
+        self._transit.clear()
+        self._transit_present = None
         now = time.monotonic()
         for vni in list(self._remote):
             table = self._remote[vni]
@@ -118,6 +124,38 @@ class KernelApplier:
         for vni in [v for v in self._remote if v not in plan.vnis]:
             del self._remote[vni]  # not of interest any more (its devices go, or stay frozen)
         return out
+
+    def apply_transit(self, wanted: Mapping[tuple[int, int], Mapping[str, str]]) -> bool:
+        """Transit devices (relaying, docs/routing.md) with exactly the FDB `wanted` says; one no
+        longer wanted is removed after TRANSIT_GRACE. Whether the kernel was written to."""
+        wrote = False
+        if self._transit_present is None:
+            self._transit_present = self.dataplane.transits()
+        now = time.monotonic()
+        for key, fdb in sorted(wanted.items()):
+            self._transit_unwanted.pop(key, None)
+            if self._transit.get(key) == fdb:
+                continue
+            if key not in self._transit:
+                self.dataplane.ensure_transit(*key)
+                self._transit_present.add(key)
+            self.dataplane.sync_transit(key[0], key[1], fdb)
+            self._transit[key] = dict(fdb)
+            wrote = True
+        for key in sorted(self._transit_present - set(wanted)):
+            since = self._transit_unwanted.setdefault(key, now)
+            if now - since >= TRANSIT_GRACE:
+                self.dataplane.remove_transit(*key)
+                self._transit_present.discard(key)
+                self._transit.pop(key, None)
+                self._transit_unwanted.pop(key, None)
+                wrote = True
+        return wrote
+
+    @property
+    def transit_pending(self) -> bool:
+        """Whether a transit device waits for its grace period to end (a pass must come then)."""
+        return bool(self._transit_unwanted)
 
     def _remote_differs(self, vni: int, plan: HostPlan) -> bool:
         table = self._remote.get(vni)

@@ -1,11 +1,12 @@
 """The per-host agent: a thin loop over named roles.
 
     watcher (store mirror) ─┐                      ┌─ KernelApplier ── kernel (dataplane)
-    DockerView (events) ────┼─ wake ─ reconcile ───┼─ Publisher ────── observed records
-    LeaseKeeper (lease) ────┘     plan_host (pure) └─ Janitor ──────── desired-state repairs
+    DockerView (events) ────┤                      ├─ Publisher ────── observed records
+    LeaseKeeper (lease) ────┼─ wake ─ reconcile ───┼─ Janitor ──────── desired-state repairs
+    Prober (link probes) ───┘     plan_host (pure) └─ Router ───────── routes, relaying (docs/routing.md)
 
 Threads, each a thin loop with the agent's stop event: the store watcher (list, then watch), the
-Docker event follower, the lease keep-alive. They only wake the loop, which owns every decision:
+Docker event follower, the lease keep-alive, the link prober. They only wake the loop, which owns every decision:
 one pass reads the mirror, asks Docker about this host's containers, plans (`pyweave.plan`, pure),
 then hands the plan to the roles. A pass runs on every change and at least every `resync_interval`
 seconds, and every such period one pass is full (the applier trusts nothing), even under continuous
@@ -24,7 +25,9 @@ from pyweave.agent.applier import KernelApplier
 from pyweave.agent.docker_view import DockerView
 from pyweave.agent.janitor import Janitor
 from pyweave.agent.lease import LeaseKeeper
+from pyweave.agent.prober import Prober
 from pyweave.agent.publisher import Publisher
+from pyweave.agent.router import Router
 from pyweave.agent.stats import AgentStats
 from pyweave.backoff import Backoff
 from pyweave.containers import ContainerError, ContainerInfo, ContainerRuntime
@@ -52,9 +55,11 @@ class Agent:
         underlay: Underlay | None = None,
         dataplane: Dataplane | None = None,
         containers: ContainerRuntime | None = None,
+        probe: bool | None = None,
     ) -> None:
         """The kernel and Docker sides can be replaced (the control-plane benchmark runs hundreds
-        of agents in one process with a dataplane that records instead of programming)."""
+        of agents in one process with a dataplane that records instead of programming). `probe`:
+        whether to measure the underlay links (default: when the dataplane is the kernel's)."""
         self.config = config
         self.state = state
         self.raw = raw
@@ -65,6 +70,8 @@ class Agent:
             underlay = find_underlay(config.address)
         self.underlay = underlay
         self.mtu = config.mtu or (underlay.mtu - VXLAN_OVERHEAD)
+        if probe is None:
+            probe = dataplane is None
         if dataplane is None:
             from dataplane.linux import LinuxDataplane
 
@@ -97,6 +104,9 @@ class Agent:
         self.publisher = Publisher(raw, me=self.me, lease=lambda: self.lease_keeper.lease)
         self.cluster = Cluster(raw)
         self.janitor = Janitor(self.cluster, me=self.me, dead_check_interval=min(2.0, config.resync_interval))
+        self.router = Router(self.me)
+        self.prober = Prober(self.me, underlay.address, on_change=self.wake) if probe else None
+        self._transit_wanted: dict[tuple[int, int], dict[str, str]] = {}
 
     # -- wiring --------------------------------------------------------------------------------
     @property
@@ -142,6 +152,14 @@ class Agent:
         for t in threads:
             t.start()
         self.watcher.wait_synced(timeout=30)
+        if self.prober is not None:
+            # Start from the links this host published last time (an agent restart), so routes
+            # stay as they were while the probes find their answers again.
+            with self.view.lock:
+                mine = self.view.links.get(self.me)
+            self.prober.seed(mine or {})
+            self.publisher.seed_links(mine)
+            threading.Thread(target=self.prober.run, args=(self.stop_event,), name="prober", daemon=True).start()
         if self.state.dir.is_dir():
             self.state.dir.joinpath("ready").write_text(str(self._pid()))
         backoff = Backoff(initial=0.1, cap=1.0)
@@ -196,14 +214,14 @@ class Agent:
             self._ports = None
             self._last_full = time.monotonic()
         try:
-            return self._reconcile(view)
+            return self._reconcile(view, full=full)
         except BaseException:
             # The changes taken from the view are lost with this pass: trust nothing next time.
             self.applier.forget()
             self._ports = None
             raise
 
-    def _reconcile(self, view: ClusterView) -> HostPlan:
+    def _reconcile(self, view: ClusterView, *, full: bool) -> HostPlan:
         self.janitor.release_destroyed(view, self.docker.take_destroyed())
         # The ports as the kernel has them: read at a full pass and after a pass that changed
         # them, else as they were (listing links is the costliest read of a pass).
@@ -216,18 +234,31 @@ class Agent:
             if changes.reset:
                 self.applier.forget()
             revision = view.revision
+            rerouted: set[str] = set()
+            routing = changes.links or changes.hosts or changes.reset or not self._routed
+            if routing:
+                rerouted = self._route(view)
             plan = plan_host(
                 view, self.me, containers, existing, mtu=self.mtu,
                 dns_domain=self.config.dns_domain if self.config.dns else None, with_remote=False,
             )
             remote_full: dict[int, list[RemoteEntry]] = {}
             remote_changes: dict[int, dict[str, RemoteEntry | None]] = {}
+            route = self.router.entry if self.router.relaying or rerouted else None
             for vni in plan.vnis:
                 table = view.remote(vni)
                 if not self.applier.knows_remote(vni):
-                    remote_full[vni] = list(table.values())
-                elif changes.ips.get(vni):
-                    remote_changes[vni] = {ip: table.get(ip) for ip in changes.ips[vni]}
+                    remote_full[vni] = list(table.values()) if route is None else [route(e) for e in table.values()]
+                    continue
+                delta: dict[str, RemoteEntry | None] = {}
+                if rerouted:  # every entry of a peer whose route changed
+                    delta = {ip: e for ip, e in table.items() if e.underlay in rerouted}
+                for ip in changes.ips.get(vni, ()):
+                    delta[ip] = table.get(ip)
+                if delta:
+                    remote_changes[vni] = delta if route is None else {ip: e and route(e) for ip, e in delta.items()}
+            if routing or full or any(changes.ips.get(v) for v in self._transit_vnis()):
+                self._transit_wanted = self._transit(view, plan.vnis)
             invalid = view.invalid
             problems = invalid + plan.problems + view.duplicates(plan.vnis)
             owners = view.vni_owner()
@@ -251,6 +282,14 @@ class Agent:
             plan, existing, owners, docker_ok=docker_ok, frozen=frozen,
             remote_full=remote_full, remote_changes=remote_changes,
         )
+        # Transit devices: when wanted, while one waits for removal, and at a full pass of a host
+        # that probes (which may relay; it then also finds devices a previous run left behind).
+        if self._transit_wanted or self.applier.transit_pending or (full and self.prober is not None):
+            applied.wrote = self.applier.apply_transit(self._transit_wanted) or applied.wrote
+            if self.applier.transit_pending:
+                self._wake_later(5.0)
+        if self.prober is not None:
+            self.publisher.links(self.prober.snapshot())
         if applied.ports_changed or applied.failed:
             self._ports = None
         if docker_ok:
@@ -262,10 +301,47 @@ class Agent:
         # Someone may be waiting for this host to apply a change it programmed (the CLI's first-ping
         # barrier): acknowledge those at once; a pass that changed nothing here can wait.
         urgent = applied.wrote or any(remote_changes.values())
-        if not self.publisher.progress(revision, problems, vnis=plan.vnis, urgent=urgent):
+        vnis = plan.vnis | self._transit_vnis()  # a relay too is waited for by `pyweave run`
+        if not self.publisher.progress(revision, problems, vnis=vnis, urgent=urgent):
             self._wake_later(self.publisher.next_progress_in())
         self._count(view, plan, problems)
         return plan
+
+    # -- routing (docs/routing.md) ---------------------------------------------------------------
+    @property
+    def _routed(self) -> bool:
+        return bool(self.router.routes) or not self.view.hosts
+
+    def _route(self, view: ClusterView) -> set[str]:
+        """Routes again from the links and hosts (under the view's lock); the underlay addresses
+        whose FDB destination changed. The prober follows the alive hosts."""
+        hosts = {name: rec.address for name, rec in view.hosts.items()}
+        if self.prober is not None:
+            self.prober.set_peers({n: rec.address for n, rec in view.hosts.items() if n != self.me and rec.state == "alive"})
+        return self.router.update(view.links, hosts)
+
+    def _transit_vnis(self) -> set[int]:
+        return {vni for vni, _budget in self._transit_wanted}
+
+    def _transit(self, view: ClusterView, mine: set[int]) -> dict[tuple[int, int], dict[str, str]]:
+        """What this host relays: per (vni, budget), the transit FDB. Nothing when it has no usable
+        link or when every host reaches every other directly."""
+        if not self.router.linked:
+            return {}
+        host_of = {rec.address: name for name, rec in view.hosts.items()}
+        hosts_by_vni: dict[int, set[str]] = {}
+        for vni in view.remote_vnis():
+            hosts_by_vni[vni] = {host_of[e.underlay] for e in view.remote(vni).values() if e.underlay in host_of}
+        for vni in mine:
+            hosts_by_vni.setdefault(vni, set()).add(self.me)
+        out = {}
+        for vni, budget in self.router.budgets(hosts_by_vni).items():
+            entries = list(view.remote(vni).values())
+            for k in range(1, budget + 1):
+                fdb = self.router.transit(vni, k, entries, host_of)
+                if fdb:
+                    out[(vni, k)] = fdb
+        return out
 
     def _wake_later(self, delay: float) -> None:
         """A pass after `delay` (a progress record held back by the rate limit must still go out);

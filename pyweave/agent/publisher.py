@@ -11,8 +11,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from pyweave.agent.prober import publish_due
+from pyweave.routes import LinkView
 from store import keys
-from store.records import EndpointRecord, Invalid, dns_value, endpoint_value, progress_value
+from store.records import EndpointRecord, Invalid, dns_value, endpoint_value, links_value, progress_value
 
 log = logging.getLogger("pyweave.agent")
 
@@ -36,6 +38,25 @@ class Publisher:
         self._last_write = 0.0
         self._vnis: set[int] = set()
         self._interval = PROGRESS_IDLE_INTERVAL
+        self._links: dict[str, LinkView] | None = None
+        self._links_written = 0.0
+
+    def seed_links(self, views: Mapping[str, LinkView] | None) -> None:
+        """What this host's links record says now (after a restart, the record of the last run)."""
+        self._links = dict(views) if views is not None else None
+
+    def links(self, views: Mapping[str, LinkView]) -> None:
+        """This host's view of its links (docs/routing.md): written at once when a link goes up or
+        down, and when an RTT moved a lot at most every few seconds. Only peers that ever answered
+        are listed (a host that never answered is simply not a link)."""
+        views = {peer: v for peer, v in views.items() if v.rtt_ms is not None}
+        now = time.monotonic()
+        if not publish_due(self._links, views, self._links_written, now):
+            return
+        self.raw.put(keys.links_key(self.me), links_value(views), lease=self._lease())
+        log.info("links published: %s", ", ".join(f"{p}={'up' if v.up else 'down'}" for p, v in sorted(views.items())) or "none")
+        self._links = dict(views)
+        self._links_written = now
 
     def _sync(
         self, mirror: Mirror, revision: int, prefix: str, want: Mapping[str, bytes], frozen: set[str], what: str

@@ -86,6 +86,7 @@ class RecordingDataplane:
         self.remote: dict[int, frozenset[RemoteEntry]] = {}
         self.exposed: dict[int, tuple] = {}
         self.writes: list[tuple[str, object]] = []
+        self.transit: dict[tuple[int, int], dict[str, str]] = {}  # (vni, budget) -> FDB
 
     def _write(self, method: str, what: object) -> None:
         with self._lock:
@@ -145,6 +146,27 @@ class RecordingDataplane:
         with self._lock:
             self.remote[vni] = delta.applied_to(self.remote.get(vni, ()))
         self._write("update_remote", vni)
+
+    def transits(self) -> set[tuple[int, int]]:
+        with self._lock:
+            return set(self.transit)
+
+    def ensure_transit(self, vni: int, budget: int) -> None:
+        self._write("ensure_transit", (vni, budget))
+        with self._lock:
+            self.transit.setdefault((vni, budget), {})
+
+    def remove_transit(self, vni: int, budget: int) -> None:
+        self._write("remove_transit", (vni, budget))
+        with self._lock:
+            self.transit.pop((vni, budget), None)
+
+    def sync_transit(self, vni: int, budget: int, fdb) -> int:
+        self._write("sync_transit", (vni, budget))
+        with self._lock:
+            old = self.transit.get((vni, budget), {})
+            self.transit[(vni, budget)] = dict(fdb)
+        return len(set(old.items()) ^ set(dict(fdb).items()))
 
     def close(self) -> None:
         pass
