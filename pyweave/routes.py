@@ -112,19 +112,26 @@ def routes_from(source: str, links: Links, dests: Iterable[str]) -> dict[str, Ro
 def transit_budgets(me: str, links: Links, hosts_by_vni: Mapping[int, Iterable[str]]) -> dict[int, int]:
     """vni -> K: the budgets 1..K for which `me` relays network `vni` (docs/routing.md, section 3).
 
-    Only networks where two of their hosts have no usable direct link need relays; K is the largest
-    hop count from `me` to a host of the network it reaches, capped at MAX_HOPS - 1. `me` need not
-    have an endpoint on the network. A full mesh gives {}; so does a host with no usable link."""
+    Only a host on a shortest path between two hosts of the network that have no usable direct
+    link relays it (`me` need not have an endpoint on it); K is the largest hop count from `me` to
+    the far end of such a path, capped at MAX_HOPS - 1. A full mesh gives {}; so does a host with
+    no usable link, and a host that is only ever an end of the paths."""
     if not links.get(me):
         return {}
     best = _shortest(me, links)
+    fro: dict[str, dict[str, tuple[int, float, tuple[str, ...]]]] = {}  # shortest paths from a host, once each
     out: dict[int, int] = {}
     for vni, members in hosts_by_vni.items():
         hosts = set(members)
-        broken = any(not (hosts - {a}) <= links.get(a, {}).keys() for a in hosts)
-        if not broken:
-            continue
-        k = min(MAX_HOPS - 1, max((best[h][0] for h in hosts if h != me and h in best), default=0))
+        k = 0
+        for a in sorted(hosts - {me}):
+            cut = [b for b in hosts - {a, me} if b not in links.get(a, {})]
+            if not cut or me not in (a_paths := fro.setdefault(a, _shortest(a, links))):
+                continue
+            for b in cut:
+                if b in a_paths and b in best and a_paths[me][0] + best[b][0] == a_paths[b][0]:
+                    k = max(k, best[b][0])
+        k = min(MAX_HOPS - 1, k)
         if k >= 1:
             out[vni] = k
     return out

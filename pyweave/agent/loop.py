@@ -257,8 +257,14 @@ class Agent:
                     delta[ip] = table.get(ip)
                 if delta:
                     remote_changes[vni] = delta if route is None else {ip: e and route(e) for ip, e in delta.items()}
-            if routing or full or any(changes.ips.get(v) for v in self._transit_vnis()):
+            if routing or full:
                 self._transit_wanted = self._transit(view, plan.vnis)
+            elif changes.ips and self.router.linked and not self.router.meshed:
+                # Endpoints came or went while some hosts cannot reach each other: the networks
+                # they touched may need relaying now (their first endpoint on a second host).
+                touched = set(changes.ips)
+                kept = {key: fdb for key, fdb in self._transit_wanted.items() if key[0] not in touched}
+                self._transit_wanted = kept | self._transit(view, plan.vnis, only=touched)
             invalid = view.invalid
             problems = invalid + plan.problems + view.duplicates(plan.vnis)
             owners = view.vni_owner()
@@ -323,16 +329,18 @@ class Agent:
     def _transit_vnis(self) -> set[int]:
         return {vni for vni, _budget in self._transit_wanted}
 
-    def _transit(self, view: ClusterView, mine: set[int]) -> dict[tuple[int, int], dict[str, str]]:
-        """What this host relays: per (vni, budget), the transit FDB. Nothing when it has no usable
-        link or when every host reaches every other directly."""
-        if not self.router.linked:
+    def _transit(
+        self, view: ClusterView, mine: set[int], *, only: set[int] | None = None
+    ) -> dict[tuple[int, int], dict[str, str]]:
+        """What this host relays: per (vni, budget), the transit FDB (of the networks `only`, or
+        all). Nothing when it has no usable link or when every host reaches every other directly."""
+        if not self.router.linked or self.router.meshed:
             return {}
         host_of = {rec.address: name for name, rec in view.hosts.items()}
         hosts_by_vni: dict[int, set[str]] = {}
-        for vni in view.remote_vnis():
+        for vni in view.remote_vnis() if only is None else only:
             hosts_by_vni[vni] = {host_of[e.underlay] for e in view.remote(vni).values() if e.underlay in host_of}
-        for vni in mine:
+        for vni in mine if only is None else mine & only:
             hosts_by_vni.setdefault(vni, set()).add(self.me)
         out = {}
         for vni, budget in self.router.budgets(hosts_by_vni).items():

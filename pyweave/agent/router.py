@@ -36,6 +36,7 @@ class Router:
         self._links: dict[str, dict[str, float]] = {}
         self._budgets: dict[int, int] = {}
         self._address: dict[str, str] = {}  # peer name -> underlay address
+        self.meshed = True  # every alive host has a usable link to every other (nothing to relay)
 
     @property
     def linked(self) -> bool:
@@ -60,6 +61,8 @@ class Router:
         the underlay addresses whose FDB destination changed."""
         self._links = usable_links(links)
         self._address = dict(hosts)
+        names = set(hosts)
+        self.meshed = all(names - {h} <= self._links.get(h, {}).keys() for h in names)
         routes = routes_from(self.me, self._links, [h for h in hosts if h != self.me])
         changed: set[str] = set()
         now = time.time()

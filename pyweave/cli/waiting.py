@@ -130,7 +130,8 @@ def wait_peers(ctx: Context, revision: int, vnis: set[int], timeout: float = PEE
         p = known.get(host)
         return p is None or p.vnis is None or bool(vnis & set(p.vnis))
 
-    behind = {h for h in alive if concerned(h) and (h not in known or known[h].revision < revision)}
+    waited = {h for h in alive if concerned(h)} | _relays(ctx, {h for h in alive if concerned(h)})
+    behind = {h for h in waited & alive if h not in known or known[h].revision < revision}
     if not behind:
         return
     deadline = time.monotonic() + timeout
@@ -146,9 +147,37 @@ def wait_peers(ctx: Context, revision: int, vnis: set[int], timeout: float = PEE
                 host = change.key[len(keys.PROGRESS_ROOT):]
                 if change.value is not None:
                     known[host] = parse_progress(change.value)
-                    if known[host].revision >= revision or not concerned(host):
+                    if known[host].revision >= revision or (host not in waited and not concerned(host)):
                         behind.discard(host)
     finally:
         changes.close()
     if behind:
         say(f"warning: peers {', '.join(sorted(behind))} have not yet applied the change")
+
+
+def _relays(ctx: Context, peers: set[str]) -> set[str]:
+    """The hosts that relay between this host and these peers (docs/routing.md), both ways: they
+    program the new endpoint on their transit devices, so they are waited for too. One read of the
+    links records; routes are computed only for peers not reached directly."""
+    from pyweave.routes import routes_from, usable_links
+    from store.records import Bad, parse_links
+
+    kvs, _ = ctx.raw.list(keys.LINKS)
+    views = {}
+    for kv in kvs:
+        try:
+            views[kv.key[len(keys.LINKS):]] = parse_links(kv.value)
+        except Bad:
+            continue
+    if not views:
+        return set()
+    links = usable_links(views)
+    mine = routes_from(ctx.me, links, peers)
+    out: set[str] = set()
+    for peer, route in mine.items():
+        if route.reachable and not route.direct:
+            out.update(route.path[:-1])
+            back = routes_from(peer, links, [ctx.me]).get(ctx.me)
+            if back is not None and back.reachable:
+                out.update(back.path[:-1])
+    return out - {ctx.me}

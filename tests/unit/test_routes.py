@@ -122,18 +122,20 @@ def test_a_full_mesh_needs_no_transit():
         assert transit_budgets(me, links, {65536: "ABCD", 65537: "AB"}) == {}
 
 
-def test_a_cut_triangle_makes_every_host_a_possible_relay_for_the_networks_across_the_cut():
+def test_a_cut_triangle_makes_the_middle_host_the_relay_for_the_networks_across_the_cut():
     links = mesh({("A", "B"): 1.0, ("B", "C"): 1.0})
     by_vni = {1: ["A", "C"], 2: ["A", "B"], 3: ["B", "C", "A"]}
     assert transit_budgets("B", links, by_vni) == {1: 1, 3: 1}  # B has no endpoint on 1: it relays anyway
-    assert transit_budgets("A", links, by_vni) == {1: 2, 3: 2}
+    assert transit_budgets("A", links, by_vni) == {}  # an end of every path: nothing to relay
 
 
 def test_a_chain_relays_with_budgets_up_to_its_farthest_host_capped():
     names = [f"h{i}" for i in range(6)]
     links = mesh({(a, b): 1.0 for a, b in zip(names, names[1:])})
     assert transit_budgets("h1", links, {7: names[:4]}) == {7: 2}
-    assert transit_budgets("h0", links, {7: names}) == {7: MAX_HOPS - 1}
+    assert transit_budgets("h2", links, {7: names[:4]}) == {7: 2}
+    assert transit_budgets("h1", links, {7: names}) == {7: MAX_HOPS - 1}
+    assert transit_budgets("h0", links, {7: names}) == {}  # an end: never on a path between two others
     assert transit_budgets("h5", links, {7: ["h0", "h1"]}) == {}  # h0 and h1 are linked: nothing broken
 
 
