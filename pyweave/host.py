@@ -14,7 +14,7 @@ import os
 import secrets
 import signal
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_STATE_ROOT = "/var/lib/pyweave"
@@ -63,7 +63,13 @@ class HostConfig:
     resync_interval: float = 8.0  # full resync: repairs objects deleted by hand within this period
     dns: bool = True
     dns_domain: str = "weave.local."
+    dns_forward: bool = True  # names outside the domain go to the host's resolvers (else REFUSED)
     metrics_port: int = 6782  # 0: no metrics
+    metrics_addr: str = "127.0.0.1"  # loopback: only this host scrapes, unless launch says otherwise
+
+
+class HostStateError(Exception):
+    """This host's saved state cannot be used; the message says which file and what to do."""
 
 
 class HostState:
@@ -100,11 +106,20 @@ class HostState:
         return current_netns_name() or socket.gethostname()
 
     def load(self) -> HostConfig | None:
+        """The saved configuration, or None before the first launch. Fields this version does not
+        know are ignored; a file that is not a configuration raises HostStateError."""
         try:
             data = json.loads(self.config_path.read_text())
         except FileNotFoundError:
             return None
-        return HostConfig(**data)
+        except (OSError, ValueError) as err:
+            raise HostStateError(f"{self.config_path} cannot be read ({err}); fix it, or `pyweave reset` to start over") from err
+        known = {f.name for f in fields(HostConfig)}
+        try:
+            return HostConfig(**{k: v for k, v in data.items() if k in known})
+        except (AttributeError, TypeError) as err:
+            raise HostStateError(f"{self.config_path} is not a pyweave configuration ({err}); fix it, or "
+                                 f"`pyweave reset` to start over") from err
 
     def save(self, config: HostConfig) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one agent, served on the host's own address (port 6782, as weave's).
+"""Prometheus metrics of one agent, on port 6782 as weave's, of the host's loopback unless
+`pyweave launch --metrics-addr` names another address (the underlay is reachable by anyone on it).
 
 A collector reads the agent's counters at scrape time, so the agent's code only counts things
 and never talks to the metrics library; the registry is the agent's own (several agents may

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from pyweave.host import HostConfig, HostState
+from pyweave.host import HostConfig, HostState, stop_process
 
 AGENT_START_TIMEOUT = 30.0
 
@@ -68,4 +68,7 @@ def start_agent(state: HostState, *, timeout: float = AGENT_START_TIMEOUT) -> in
             tail = state.log_path.read_text(errors="replace").splitlines()[-5:]
             raise ProcessError("the agent exited during start:\n  " + "\n  ".join(tail))
         time.sleep(0.05)
+    # Not left running half-started: the launch that asked for it is failing.
+    stop_process(proc.pid, timeout=5.0)
+    proc.wait()
     raise ProcessError(f"the agent did not register within {timeout:.0f}s; see {state.log_path}")

@@ -36,11 +36,13 @@ def start_dns(agent: Agent) -> None:
 
     try:
         ensure_local_address(SERVICE_ADDRESS)
-        resolver = WeaveResolver(lambda: agent.dns_index, domain=agent.config.dns_domain, upstreams=upstream_servers())
+        forward = agent.config.dns_forward
+        resolver = WeaveResolver(lambda: agent.dns_index, domain=agent.config.dns_domain,
+                                 upstreams=upstream_servers() if forward else [], forward=forward)
         agent.dns_service = DnsService(resolver, address=SERVICE_ADDRESS)
         agent.dns_service.start()
         log.info("dns serving domain=%s address=%s upstreams=%s", agent.config.dns_domain, SERVICE_ADDRESS,
-                 resolver.upstreams)
+                 resolver.upstreams if forward else "off (--dns-no-forward)")
     except OSError as err:
         log.error("dns not started: %s", err)
 
@@ -62,7 +64,7 @@ def main() -> None:
     if config.metrics_port:
         from pyweave.metrics import serve
 
-        serve(agent.stats, agent.watcher, address=agent.underlay.address, port=config.metrics_port)
+        serve(agent.stats, agent.watcher, address=config.metrics_addr, port=config.metrics_port)
 
     agent_pid = os.getpid()
 

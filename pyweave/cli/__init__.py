@@ -19,6 +19,7 @@ import typer
 from pyweave.cli import lifecycle, status, containers, names  # noqa: F401
 # isort: on
 from pyweave.cli.base import EXIT_ERROR, CliError, app, say, trace
+from pyweave.host import HostStateError
 from store.errors import ClusterError, StoreError
 
 __all__ = ["app", "main"]
@@ -34,19 +35,23 @@ def main() -> None:
     except CliError as err:
         say(str(err))
         sys.exit(err.code)
-    except (StoreError, ClusterError) as err:
+    except (StoreError, ClusterError, HostStateError) as err:
         say(str(err))
         sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        say("interrupted")
+        sys.exit(130)
     except typer.Exit as err:
         sys.exit(err.exit_code)
     except SystemExit:
         raise
+    except typer.Abort:
+        sys.exit(1)
     except Exception as err:  # click's usage errors and the like
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
+        # Typer 0.2x vendors click (typer._click), so its usage errors are not click's own
+        # ClickException: recognise either by what they do, a message to show and an exit code.
+        show, exit_code = getattr(err, "show", None), getattr(err, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
         raise

@@ -67,7 +67,6 @@ class Context:
 
     def __init__(self) -> None:
         from store.cluster import Cluster
-        from store.raw import normalise_endpoints
 
         self.state = HostState()
         config = self.state.load()
@@ -75,7 +74,15 @@ class Context:
             fail("pyweave is not launched on this host; run `pyweave launch`")
         self.config: HostConfig = config
         endpoints = os.environ.get("PYWEAVE_STORE")
-        self.raw = open_store(normalise_endpoints([endpoints]) if endpoints else config.store)
+        if endpoints:
+            from pyweave.cli.inputs import InputError, store_endpoints
+
+            try:
+                self.raw = open_store(store_endpoints(endpoints, what="PYWEAVE_STORE="))
+            except InputError as err:
+                fail(str(err))
+        else:
+            self.raw = open_store(config.store)
         self.cluster = Cluster(self.raw)
 
     @property

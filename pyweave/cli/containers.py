@@ -82,10 +82,21 @@ def split_container(words: list[str]) -> tuple[list[str], str]:
     return addr_words, container
 
 
+def check_host_routes(subnets: list[OverlaySubnet]) -> None:
+    """Refuse a subnet that overlaps a route or an address of this host, as `launch` refuses such an
+    allocation range: the agent would route it into the overlay and divert the host's own traffic."""
+    from dataplane.hostroutes import host_overlaps
+
+    for subnet in dict.fromkeys(subnets):
+        for overlap in host_overlaps(subnet):
+            fail(f"subnet {subnet} overlaps {overlap.describe()}; choose a subnet that does not overlap it")
+
+
 def precheck(ctx: Context, cidrs: list[OverlayAddress], subnets: list[OverlaySubnet | None],
              container: str | None) -> list[OverlaySubnet]:
-    """Refuse before anything is created: an address given twice, subnets that overlap an existing
-    network, addresses held by others. Returns the subnets to allocate from (None = the default)."""
+    """Refuse before anything is created: an address given twice, subnets that overlap a route or an
+    address of this host or an existing network, addresses held by others. Returns the subnets to
+    allocate from (None = the default)."""
     seen: set = set()
     for c in cidrs:
         if c.ip in seen:
@@ -96,6 +107,7 @@ def precheck(ctx: Context, cidrs: list[OverlayAddress], subnets: list[OverlaySub
         config = ctx.cluster.config()
         default = OverlaySubnet(config.default_subnet if config else DEFAULT_IPALLOC_RANGE)
         resolved = [s or default for s in subnets]
+    check_host_routes([c.network for c in cidrs] + resolved)
     ctx.cluster.check_subnets([c.network for c in cidrs] + resolved)
     for c in cidrs:
         claim = ctx.cluster.holder_of(c.network, c.ip)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 from typing import Optional
+from urllib.parse import urlsplit
 
 import typer
 
+from dataplane.hostroutes import host_overlaps
+from pyweave.cli import inputs
 from pyweave.cli.base import EXIT_RUNNING, Context, app, fail, open_store, say
 from pyweave.cli.forms import AddressError, parse_subnet
+from pyweave.cli.inputs import option_check
 from pyweave.cli.waiting import wait_store
 from pyweave.host import HostState, stop_process
 from store.records import DEFAULT_DEAD_HOST_GRACE, DEFAULT_IPALLOC_RANGE, ClusterConfig
@@ -25,31 +29,44 @@ def _ipalloc_config(rng: str, default: str, grace: float) -> ClusterConfig:
     return ClusterConfig(str(rng_net), str(default_net), float(grace))
 
 
+_STORE_CHECK = option_check(inputs.store_endpoints)
+
+
 @app.command()
 def launch(
-    peer: Optional[str] = typer.Argument(None, help="Address of a host already launched; join its store."),
-    store: Optional[str] = typer.Option(None, "--store", envvar="PYWEAVE_STORE", help="etcd endpoints URL[,URL...]"),
-    name: Optional[str] = typer.Option(None, "--name", help="Host name (default: network namespace or hostname)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Underlay address (default: found)."),
-    mtu: Optional[int] = typer.Option(None, "--mtu", help="Overlay MTU (default: underlay MTU - 50)."),
-    lease_ttl: int = typer.Option(10, "--lease-ttl", help="Seconds before peers forget a dead host."),
+    peer: Optional[str] = typer.Argument(None, help="Address of a host already launched; join its store.",
+                                         callback=_STORE_CHECK),
+    store: Optional[str] = typer.Option(None, "--store", envvar="PYWEAVE_STORE", help="etcd endpoints URL[,URL...]",
+                                        callback=_STORE_CHECK),
+    name: Optional[str] = typer.Option(None, "--name", help="Host name (default: network namespace or hostname).",
+                                       callback=option_check(inputs.host_name)),
+    address: Optional[str] = typer.Option(None, "--address", help="Underlay address (default: found).",
+                                          callback=option_check(inputs.ipv4_address)),
+    mtu: Optional[int] = typer.Option(None, "--mtu", help="Overlay MTU (default: underlay MTU - 50).",
+                                      callback=option_check(inputs.overlay_mtu)),
+    lease_ttl: int = typer.Option(10, "--lease-ttl", help="Seconds before peers forget a dead host.",
+                                  callback=option_check(inputs.lease_ttl)),
     ipalloc_range: str = typer.Option(DEFAULT_IPALLOC_RANGE, "--ipalloc-range", help="Range for automatic addresses (first host sets it)."),
     ipalloc_default_subnet: Optional[str] = typer.Option(None, "--ipalloc-default-subnet", help="Subnet of `run` without address (default: the range)."),
-    dead_host_grace: float = typer.Option(DEFAULT_DEAD_HOST_GRACE, "--dead-host-grace", help="Seconds before a dead host's addresses are reused (first host sets it)."),
-    dns_domain: str = typer.Option("weave.local.", "--dns-domain", help="Domain answered by the DNS of this host."),
+    dead_host_grace: float = typer.Option(DEFAULT_DEAD_HOST_GRACE, "--dead-host-grace", help="Seconds before a dead host's addresses are reused (first host sets it).",
+                                          callback=option_check(inputs.dead_host_grace)),
+    dns_domain: str = typer.Option("weave.local.", "--dns-domain", help="Domain answered by the DNS of this host.",
+                                   callback=option_check(inputs.dns_domain)),
     no_dns: bool = typer.Option(False, "--no-dns", help="Do not serve DNS to this host's containers."),
-    metrics_port: int = typer.Option(6782, "--metrics-port", help="Prometheus metrics on this host's address (0: off)."),
+    dns_no_forward: bool = typer.Option(False, "--dns-no-forward", help="Answer only names in the domain; refuse the rest instead of asking the host's resolvers."),
+    metrics_port: int = typer.Option(6782, "--metrics-port", help="Prometheus metrics port (0: off).",
+                                     callback=option_check(inputs.metrics_port)),
+    metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr", help="Address the metrics listen on (0.0.0.0: all).",
+                                     callback=option_check(inputs.metrics_addr)),
 ) -> None:
     """Start this host's agent and join the cluster.
 
     Example: `pyweave launch` on the first host, `pyweave launch 192.168.1.10` on the others.
+    Every value is checked before anything is saved or started; a launch that fails leaves this
+    host's saved configuration as it was.
     """
     from dataplane.api import DataplaneError
-    from dataplane.host import find_underlay, routes_overlapping
-    from pyweave.dnsnames import normalise_domain
-    from pyweave.processes import ProcessError, start_agent, start_embedded_etcd
-    from store.cluster import Cluster
-    from store.raw import normalise_endpoints
+    from dataplane.host import find_underlay
 
     state = HostState()
     running = state.agent_pid()
@@ -57,37 +74,109 @@ def launch(
         fail(f"pyweave is already running on this host (agent pid {running}); `pyweave stop` first", EXIT_RUNNING)
     config = state.load_or_create(name=name)
     try:
-        underlay = find_underlay(address or config.address)
+        inputs.host_name(config.name)
+    except inputs.InputError as err:
+        fail(f"{err}; give this host a name with --name")
+    try:
+        underlay = find_underlay(inputs.ipv4_address(address) if address else config.address)
     except DataplaneError as err:
         fail(str(err))
+    if mtu is not None:
+        try:
+            inputs.mtu_for_underlay(mtu, underlay.mtu, underlay.ifname)
+        except inputs.InputError as err:
+            fail(str(err))
+    wanted = _ipalloc_config(ipalloc_range, ipalloc_default_subnet or ipalloc_range, dead_host_grace)
+    rng = parse_subnet(wanted.ipalloc_range)
+    for overlap in host_overlaps(rng):
+        # Weave refuses a range that overlaps a route of the host: containers could not reach it.
+        fail(f"the address range {rng} overlaps {overlap.describe()}; choose another with --ipalloc-range")
+    if store:
+        endpoints, embedded = inputs.store_endpoints(store), False
+    elif peer:
+        endpoints, embedded = inputs.store_endpoints(peer), False
+        if any(urlsplit(e).hostname == underlay.address and urlsplit(e).port == 2379 for e in endpoints):
+            fail(f"{peer} is this host's own address; on the first host run `pyweave launch` with no peer")
+    elif not config.store or config.embedded_etcd:
+        endpoints, embedded = [f"http://{underlay.address}:2379"], True
+    else:
+        endpoints, embedded = config.store, False
+    if metrics_port:
+        _check_metrics_listen(metrics_addr, metrics_port, embedded=embedded)
     config.address = underlay.address
     config.mtu = mtu or config.mtu
     config.lease_ttl = lease_ttl
     config.dns = not no_dns
+    config.dns_forward = not dns_no_forward
     config.metrics_port = metrics_port
-    config.dns_domain = normalise_domain(dns_domain)
-    wanted = _ipalloc_config(ipalloc_range, ipalloc_default_subnet or ipalloc_range, dead_host_grace)
-    rng = parse_subnet(wanted.ipalloc_range)
-    for route, dev in routes_overlapping(rng):
-        # Weave refuses a range that overlaps a route of the host: containers could not reach it.
-        fail(f"the address range {rng} overlaps the route {route} dev {dev} of this host; choose another with --ipalloc-range")
-    if store:
-        config.store, config.embedded_etcd = normalise_endpoints([store]), False
-    elif peer:
-        config.store, config.embedded_etcd = normalise_endpoints([peer]), False
-    elif not config.store or config.embedded_etcd:
-        config.store, config.embedded_etcd = [f"http://{underlay.address}:2379"], True
+    config.metrics_addr = inputs.metrics_addr(metrics_addr)
+    config.dns_domain = inputs.dns_domain(dns_domain)
+    config.store, config.embedded_etcd = endpoints, embedded
+    _start_or_roll_back(state, config, wanted, underlay.address)
+    typer.echo(config.name)
+
+
+def _check_metrics_listen(addr: str, port: int, *, embedded: bool) -> None:
+    """The agent must be able to listen there: an address of this host, a port nobody holds."""
+    import errno
+    import ipaddress
+    import socket
+
+    if embedded and port in (2379, 2380):
+        fail(f"--metrics-port {port} is the embedded etcd's; choose another (default 6782)")
+    family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((addr, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                fail(f"--metrics-port {port} on {addr} is in use by another program; choose another port, or 0 for no metrics")
+            fail(f"--metrics-addr {addr} cannot be listened on here ({err.strerror}); give 127.0.0.1, one of this "
+                 f"host's addresses, or 0.0.0.0")
+
+
+def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address: str) -> None:
+    """Save the configuration, start the embedded etcd (first host), reach the store, agree on the
+    cluster's range, start the agent. If any step fails (or Ctrl-C), undo what this launch did: stop
+    the etcd it started, and put the saved configuration back as it was (none, for a first launch),
+    so a dead peer or a refused value is not what the next plain `pyweave launch` uses."""
+    from pyweave.processes import ProcessError, start_agent, start_embedded_etcd
+    from store.cluster import Cluster
+    from store.errors import ClusterError, StoreError
+
+    had_dir = state.dir.exists()
+    had_etcd_data = (state.etcd_dir / "member").exists()
+    saved = state.config_path.read_bytes() if state.config_path.exists() else None
+    etcd_running = state.etcd_pid() is not None
     state.save(config)
     try:
         if config.embedded_etcd:
-            start_embedded_etcd(state, config, underlay.address)
+            start_embedded_etcd(state, config, address)
         raw = open_store(config.store)
         wait_store(raw, 30.0, f"the store at {','.join(config.store)}")
-        Cluster(raw).ensure_config(wanted)
+        try:
+            Cluster(raw).ensure_config(wanted)
+        except (StoreError, ClusterError) as err:
+            fail(str(err))
         start_agent(state)
-    except ProcessError as err:
-        fail(str(err))
-    typer.echo(config.name)
+    except BaseException as err:
+        etcd_pid = state.etcd_pid()
+        if etcd_pid is not None and not etcd_running:
+            stop_process(etcd_pid, timeout=5.0)
+            state.etcd_pid_path.unlink(missing_ok=True)
+        if not had_dir:
+            shutil.rmtree(state.dir, ignore_errors=True)
+        else:
+            if not had_etcd_data:
+                shutil.rmtree(state.etcd_dir, ignore_errors=True)
+            if saved is None:
+                state.config_path.unlink(missing_ok=True)
+            else:
+                state.config_path.write_bytes(saved)
+        if isinstance(err, ProcessError):
+            fail(str(err))
+        raise
 
 
 @app.command()

@@ -22,8 +22,9 @@ print(urllib.request.urlopen(f"http://{sys.argv[1]}:6782/metrics", timeout=5).re
 """
 
 
-def metrics(lab: Lab, from_host: int, of_host: int) -> dict[str, float]:
-    out = lab.exec(from_host, sys.executable, "-c", SCRAPE, lab.hosts[of_host].address, check=True).stdout
+def metrics(lab: Lab, from_host: int, of_host: int, *, address: str | None = None) -> dict[str, float]:
+    target = address or lab.hosts[of_host].address
+    out = lab.exec(from_host, sys.executable, "-c", SCRAPE, target, check=True).stdout
     values = {}
     for line in out.splitlines():
         if line.startswith("pyweave_"):
@@ -34,9 +35,10 @@ def metrics(lab: Lab, from_host: int, of_host: int) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def lab():
-    """Two hosts; 10.120.0.1 and .2 on host 1, 10.120.0.3 on host 2."""
+    """Two hosts; 10.120.0.1 and .2 on host 1, 10.120.0.3 on host 2. Host 1 serves its metrics on its
+    underlay address (`--metrics-addr`), host 2 on loopback only (the default)."""
     with Lab(2) as lab:
-        assert lab.pyweave(0, "launch").returncode == 0
+        assert lab.pyweave(0, "launch", "--metrics-addr", lab.hosts[0].address).returncode == 0
         assert lab.pyweave(1, "launch", lab.hosts[0].address).returncode == 0
         for i in range(2):
             run_container(lab, 0, f"10.120.0.{i + 1}/24", "busybox", "sleep", "3600")
@@ -69,6 +71,13 @@ def test_metrics_match_the_lab(lab):
     finally:
         lab.etcdctl(0, "del", "/pyweave/v1/networks/10.121.0.0-24", check=False)
     wait_for(lambda: metrics(lab, 1, 0).get("pyweave_records_invalid") == 0, timeout=5, message="invalid record gone")
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise(lab):
+    m = metrics(lab, 1, 1, address="127.0.0.1")  # host 2 scrapes itself
+    assert m.get("pyweave_store_connected") == 1
+    r = lab.exec(0, sys.executable, "-c", SCRAPE, lab.hosts[1].address)  # host 1 cannot reach them
+    assert r.returncode != 0 and "Connection refused" in r.stderr, r.stderr
 
 
 def test_logs_are_structured_and_name_the_object(lab):
