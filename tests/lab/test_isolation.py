@@ -79,8 +79,9 @@ def test_spoofing_container_cannot_reach_another_network(launched_lab):
         assert lab.pyweave(0, "hide", "10.60.0.100/24", "10.61.0.100/24").returncode == 0
 
 
-def spoofing_fails(lab, spoofer: str, legit_y: str, target_y: str) -> None:
-    assert wait_for(lambda: ping(legit_y, "10.61.0.2") and lab.exec(0, "busybox", "ping", "-c1", "-W1", "10.61.0.2").returncode == 0,
+def spoofing_fails(lab, spoofer: str, legit_y: str, target_y: str, *, host: int = 0) -> None:
+    """`host`: the spoofer's host, exposed on both networks (10.60.0.100, 10.61.0.100)."""
+    assert wait_for(lambda: ping(legit_y, "10.61.0.2") and lab.exec(host, "busybox", "ping", "-c1", "-W1", "10.61.0.2").returncode == 0,
                     timeout=5, message="positive controls")
     target_mac = mac_of(target_y)
 

@@ -8,10 +8,15 @@ its links in every topology here.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 from labtools import ping, run_container, wait_for
 
+from pyweave.host import pid_alive
 from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
@@ -78,3 +83,108 @@ def test_hosts_that_cannot_reach_each_other_talk_through_a_third(lab_of):
     assert ping(c2, "10.2.0.1"), "first ping h3 -> h2 (through h1) lost"
     out = lab.pyweave(1, "status", "connections").stdout
     assert f"via {lab.hosts[0].name}" in out and lab.hosts[2].name in out, out
+
+
+def test_a_chain_of_four_hosts_carries_traffic_end_to_end(lab_of):
+    # h1 - h0 - h2 - h3: each host reaches only its neighbours (the store on h0 stays reachable).
+    lab = lab_of(4, cuts=[(1, 2), (1, 3), (0, 3)])
+    wait_routes(lab, 1, {0: "direct", 2: "via 0", 3: "via 0"})
+    wait_routes(lab, 3, {2: "direct", 0: "via 2", 1: "via 2"})
+    hops = connections(lab, 1)[lab.hosts[3].name]["hops"]
+    assert hops == 3, hops
+    c1 = run_container(lab, 1, "10.3.0.1/24", "busybox", "sleep", "3600")
+    c3 = run_container(lab, 3, "10.3.0.3/24", "busybox", "sleep", "3600")
+    assert ping(c1, "10.3.0.3"), "first ping from one end of the chain to the other lost"
+    assert ping(c3, "10.3.0.1")
+    # Both relays carry it: their transit devices received the frames.
+    for relay in (0, 2):
+        assert transit_rx(lab, relay) > 0, f"host {relay} relayed nothing"
+
+
+def transit_rx(lab: Lab, host: int) -> int:
+    """Frames received by the transit devices of a host (docs/routing.md), from the kernel's counters."""
+    out = lab.exec(host, "ip", "-s", "-o", "link", "show").stdout
+    total = 0
+    for line in out.splitlines():
+        if ": pwrx" in line:
+            fields = line.split("RX:")[1].split("\\")[1].split()
+            total += int(fields[1])
+    return total
+
+
+def ping_stream(cid: str, ip: str, *, interval: float, count: int) -> subprocess.Popen:
+    return subprocess.Popen(["docker", "exec", cid, "ping", "-i", str(interval), "-c", str(count), "-W", "1", ip],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def replies(output: str) -> list[int]:
+    """The sequence numbers answered, from ping's output."""
+    return [int(line.split("seq=")[1].split()[0]) for line in output.splitlines() if "seq=" in line]
+
+
+def test_a_cut_link_reroutes_within_two_seconds_and_comes_back_direct(lab_of):
+    lab = lab_of(4)
+    wait_routes(lab, 1, {0: "direct", 2: "direct", 3: "direct"})
+    c1 = run_container(lab, 1, "10.4.0.1/24", "busybox", "sleep", "3600")
+    run_container(lab, 3, "10.4.0.3/24", "busybox", "sleep", "3600")
+    assert ping(c1, "10.4.0.3")
+    stream = ping_stream(c1, "10.4.0.3", interval=0.1, count=250)  # 25 s at 10/s
+    try:
+        wait_for(lambda: transit_rx(lab, 0) + transit_rx(lab, 2) == 0, timeout=1, message="no relaying yet")
+        time.sleep(2)  # steady direct traffic before the cut (the stream is the clock of this test)
+        lab.cut(1, 3)
+        time.sleep(10)
+        lab.restore(1, 3)
+        wait_routes(lab, 1, {3: "direct"}, timeout=10)
+        # Direct again within 5 s: the relays' counters stop moving while pings go on.
+        def relays_idle() -> bool:
+            before = transit_rx(lab, 0) + transit_rx(lab, 2)
+            time.sleep(1)
+            return transit_rx(lab, 0) + transit_rx(lab, 2) == before
+        wait_for(relays_idle, timeout=5, interval=0, message="traffic direct again after the restore")
+        out, _ = stream.communicate(timeout=30)
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+    answered = replies(out)
+    lost = 250 - len(set(answered))
+    assert lost <= 20, f"{lost} pings of 250 lost (at most 2 s of them may be): {out[-400:]}"
+    assert transit_rx(lab, 0) + transit_rx(lab, 2) > 0, "the cut was not routed through a relay"
+
+
+def test_isolation_holds_through_a_relay(lab_of):
+    from test_isolation import spoofing_fails
+
+    lab = lab_of(3, cuts=[(1, 2)])
+    wait_routes(lab, 1, {2: "via 0"})
+    legit_y = run_container(lab, 1, "10.61.0.3/24", "busybox", "sleep", "3600")
+    target_y = run_container(lab, 2, "10.61.0.2/24", "busybox", "sleep", "3600")
+    run_container(lab, 2, "10.60.0.2/24", "busybox", "sleep", "3600")
+    spoofer = run_container(lab, 1, "10.60.0.66/24", "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "busybox", "sleep", "3600")
+    assert lab.pyweave(1, "expose", "10.60.0.100/24", "10.61.0.100/24").returncode == 0
+    lab.exec(1, "sysctl", "-w", "net.ipv4.ip_forward=1", check=True)
+    assert ping(spoofer, "10.60.0.2"), "the spoofer's own network is relayed too"
+    spoofing_fails(lab, spoofer, legit_y, target_y, host=1)
+    assert transit_rx(lab, 0) > 0
+
+
+def test_an_agent_restart_on_the_relay_loses_no_relayed_ping(lab_of):
+    lab = lab_of(3, cuts=[(1, 2)])
+    wait_routes(lab, 1, {2: "via 0"})
+    c1 = run_container(lab, 1, "10.5.0.1/24", "busybox", "sleep", "3600")
+    run_container(lab, 2, "10.5.0.2/24", "busybox", "sleep", "3600")
+    assert ping(c1, "10.5.0.2")
+    stream = ping_stream(c1, "10.5.0.2", interval=0.2, count=50)  # 10 s at 5/s
+    try:
+        time.sleep(2)
+        pid = lab.agent_pid(0)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), timeout=5, message="agent gone")
+        r = lab.pyweave(0, "launch")
+        assert r.returncode == 0, r.stderr
+        out, _ = stream.communicate(timeout=30)
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+    lost = 50 - len(set(replies(out)))
+    assert lost == 0, f"{lost} relayed pings lost across the relay's agent restart: {out[-400:]}"
