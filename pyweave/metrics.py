@@ -56,6 +56,19 @@ class AgentCollector:
                                   value=watch.compactions)
         yield GaugeMetricFamily("pyweave_records_invalid", "Records in the store rejected as invalid.",
                                 value=stats.invalid_records)
+        routes = GaugeMetricFamily(
+            "pyweave_route_hops", "Hops to each alive peer (1 direct, more relayed, 0 unreachable), by next hop.",
+            labels=["peer", "mode", "via"],
+        )
+        for peer, (mode, via, hops) in sorted(stats.routes.items()):
+            routes.add_metric([peer, mode, via], hops)
+        yield routes
+        links = GaugeMetricFamily("pyweave_link_up", "1 while this host's probes get answers from the peer.", labels=["peer"])
+        for peer, up in sorted(stats.links_up.items()):
+            links.add_metric([peer], 1 if up else 0)
+        yield links
+        yield GaugeMetricFamily("pyweave_relayed_networks", "Networks this host relays for others.",
+                                value=stats.relayed_networks)
         yield GaugeMetricFamily("pyweave_store_connected", "1 while the store watch is connected.",
                                 value=1 if self.watcher.connected else 0)
 

@@ -387,6 +387,13 @@ class Agent:
                 by_state[st] = by_state.get(st, 0) + 1
             s.peers_alive = sum(1 for h, r in view.hosts.items() if r.state == "alive" and h != self.me)
         s.hosts_by_state = by_state
+        s.routes = {
+            peer: ("direct" if r.direct else "via" if r.reachable else "unreachable", r.next_hop or "", r.hops)
+            for peer, r in self.router.routes.items()
+        }
+        if self.prober is not None:
+            s.links_up = {peer: v.up for peer, v in self.prober.snapshot().items()}
+        s.relayed_networks = len(self._transit_vnis())
 
     def shutdown(self, *, deadline: float = 1.5) -> None:
         """Graceful stop: keep the kernel as it is, and unbind this host's records from the lease

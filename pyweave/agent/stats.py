@@ -15,6 +15,9 @@ class AgentStats:
     reconcile_seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     invalid_records: int = 0
+    routes: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # peer -> (mode, via, hops)
+    links_up: dict[str, bool] = field(default_factory=dict)  # peer -> this host's probe says up
+    relayed_networks: int = 0  # networks this host relays for others (transit devices)
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1

@@ -36,6 +36,7 @@ def _gather_status(ctx: Context) -> tuple[dict, bool]:
             "agent": {"running": agent_pid is not None, "pid": agent_pid},
         },
         "peers": [],
+        "connections": [],
         "store": {"endpoints": ctx.raw.endpoints, "reachable": False, "revision": None, "embedded": ctx.config.embedded_etcd},
         "problems": [],
     }
@@ -62,6 +63,7 @@ def _gather_status(ctx: Context) -> tuple[dict, bool]:
     for kv in kvs:
         problems |= {(p.key, p.problem) for p in parse_progress(kv.value).problems}
     data["problems"] = [{"key": k, "problem": p} for k, p in sorted(problems)]
+    data["connections"] = _gather_connections(state, ctx.me) or []
     return data, True
 
 
@@ -91,7 +93,12 @@ def _render_status(data: dict) -> str:
     )
     peers = data["peers"]
     alive = sum(1 for p in peers if p["alive"])
-    lines += _section("peers", [("Peers", f"{len(peers)} ({alive} alive)")])
+    conns = data.get("connections") or []
+    counts = {mode: sum(1 for c in conns if c["mode"] == mode) for mode in ("direct", "via", "unreachable")}
+    lines += _section("peers", [
+        ("Peers", f"{len(peers)} ({alive} alive)"),
+        ("Connections", f"{len(conns)} ({counts['direct']} direct, {counts['via']} relayed, {counts['unreachable']} unreachable)"),
+    ])
     store = data["store"]
     reach = "reachable" if store["reachable"] else f"unreachable ({store.get('error', '')})"
     rows: list[tuple[str, object]] = [("Endpoints", ",".join(store["endpoints"])), ("Status", reach)]

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -20,6 +21,11 @@ from pyweave.host import pid_alive
 from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
+
+SCRAPE = """
+import urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:6782/metrics", timeout=5).read().decode())
+"""
 
 
 def launched(lab: Lab) -> Lab:
@@ -83,6 +89,16 @@ def test_hosts_that_cannot_reach_each_other_talk_through_a_third(lab_of):
     assert ping(c2, "10.2.0.1"), "first ping h3 -> h2 (through h1) lost"
     out = lab.pyweave(1, "status", "connections").stdout
     assert f"via {lab.hosts[0].name}" in out and lab.hosts[2].name in out, out
+    # status --json and the metrics carry the same.
+    data = json.loads(lab.pyweave(1, "status", "--json").stdout)
+    relayed = {c["peer"]: c for c in data["connections"]}[lab.hosts[2].name]
+    assert (relayed["mode"], relayed["via"], relayed["hops"]) == ("via", lab.hosts[0].name, 2)
+    assert "1 relayed" in lab.pyweave(1, "status").stdout
+    scraped = lab.exec(1, sys.executable, "-c", SCRAPE, check=True).stdout
+    line = f'pyweave_route_hops{{mode="via",peer="{lab.hosts[2].name}",via="{lab.hosts[0].name}"}} 2.0'
+    assert line in scraped, [m for m in scraped.splitlines() if "route" in m]
+    relay = lab.exec(0, sys.executable, "-c", SCRAPE, check=True).stdout
+    assert "pyweave_relayed_networks 1.0" in relay
 
 
 def test_a_chain_of_four_hosts_carries_traffic_end_to_end(lab_of):
