@@ -5,12 +5,20 @@ Lab.down() kills what runs in the lab's named namespaces, but an iperf3 or a pin
 etcd and workers run in the root namespace. Each of them is registered here and ended by
 `Spawned.close()`: SIGTERM, a short wait, then SIGKILL, by pid, one by one. Children also get
 PR_SET_PDEATHSIG, so that even a SIGKILLed bench does not leave them running.
+
+The death signal is set by `setpriv --pdeathsig KILL` (util-linux), which then execs the command (same
+pid), and not by a `preexec_fn`: with a pre-exec hook Python must fork() (not vfork), which runs
+gRPC's fork handlers when the bench process holds an etcd client; those start gRPC threads in the
+child, `close_fds` then closes their epoll descriptor, and the child aborts (SIGABRT, "epoll_wait
+error: Bad file descriptor") before it ever runs the command. Without a hook Python uses vfork(),
+which runs no fork handlers. The hook remains only as a fallback when setpriv is missing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -34,7 +42,11 @@ class Spawned:
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         kwargs.setdefault("stdout", subprocess.DEVNULL)
         kwargs.setdefault("stderr", subprocess.DEVNULL)
-        proc = subprocess.Popen(list(argv), preexec_fn=_die_with_parent, **kwargs)
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            proc = subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", *argv], **kwargs)
+        else:
+            proc = subprocess.Popen(list(argv), preexec_fn=_die_with_parent, **kwargs)
         self._procs.append(proc)
         return proc
 
