@@ -9,6 +9,7 @@ without root, etcd or Docker; the agent applies its result.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 IFNAME_BASE = "ethwe"
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every local port on every pass; a host has few
 def container_mac(container_id: str, vni: int) -> str:
     """Stable across agent and container restarts: derived, never random."""
     raw = bytearray(hashlib.sha256(f"{container_id}/{vni}".encode()).digest()[:6])

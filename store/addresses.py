@@ -34,6 +34,13 @@ _SPECIAL_RANGES: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
     (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "reserved"),
 )
+# The same ranges as integers (first, last): every record an agent parses is checked against them,
+# and `IPv4Network.overlaps` goes through `functools.cached_property`, which in Python 3.11 takes one
+# lock shared by every instance of the class (a third of an agent's CPU under a burst, by py-spy).
+_SPECIAL_SPANS = tuple(
+    (int(net.network_address), int(net.broadcast_address), net, kind) for net, kind in _SPECIAL_RANGES
+)
+_ALL_ONES = 0xFFFFFFFF
 
 
 class AddressError(ValueError):
@@ -68,17 +75,15 @@ class OverlayAddress(ipaddress.IPv4Interface):
         network = interface.network
         _check_ordinary_range(shown, network)
         ip = interface.ip
-        suggestion = f"{network.network_address + 1}/{network.prefixlen}"
-        if ip == network.network_address:
+        value = int(ip)
+        if value in (int(network.network_address), _last(network)):
+            which = "network" if value == int(network.network_address) else "broadcast"
+            suggestion = f"{network.network_address + 1}/{network.prefixlen}"
             raise AddressError(
-                f"{shown}: {ip} is the network address of {network}; pick a host address such as {suggestion}"
+                f"{shown}: {ip} is the {which} address of {network}; pick a host address such as {suggestion}"
             )
-        if ip == network.broadcast_address:
-            raise AddressError(
-                f"{shown}: {ip} is the broadcast address of {network}; pick a host address such as {suggestion}"
-            )
-        super().__init__((ip, network.prefixlen))
-        self.network = OverlaySubnet(str(network))
+        super().__init__((value, network.prefixlen))
+        self.network = _checked_subnet(network)
 
     @property
     def subnet(self) -> OverlaySubnet:
@@ -112,7 +117,7 @@ def _parse_cidr(text: str, body: str, example: str) -> ipaddress.IPv4Interface:
         raise AddressError(
             f"{text} is not a valid IPv4 CIDR: prefix length /{prefixlen} is more than /32 (e.g. {example})"
         )
-    return ipaddress.IPv4Interface((ip, prefixlen))
+    return ipaddress.IPv4Interface((int(ip), prefixlen))  # an int: not formatted and parsed again
 
 
 def _describe_unparsable(text: str, body: str, example: str) -> str:
@@ -141,9 +146,24 @@ def _check_prefixlen(text: str, prefixlen: int) -> None:
         )
 
 
+def _last(network: ipaddress.IPv4Network) -> int:
+    """The network's broadcast address as an integer (without the cached property's lock)."""
+    return int(network.network_address) | (_ALL_ONES >> network.prefixlen)
+
+
+def _checked_subnet(network: ipaddress.IPv4Network) -> OverlaySubnet:
+    """`network` (already checked: host bits zero, prefix length and range) as an OverlaySubnet,
+    without parsing and checking it again."""
+    subnet = OverlaySubnet.__new__(OverlaySubnet)
+    ipaddress.IPv4Network.__init__(subnet, (int(network.network_address), network.prefixlen))
+    return subnet
+
+
 def _check_ordinary_range(text: str, network: ipaddress.IPv4Network) -> None:
-    for special, kind in _SPECIAL_RANGES:
-        if network.overlaps(special):
+    first = int(network.network_address)
+    last = _last(network)
+    for low, high, special, kind in _SPECIAL_SPANS:
+        if first <= high and low <= last:
             relation = "is in" if network.subnet_of(special) else "overlaps"
             raise AddressError(
                 f"{text}: {network} {relation} the {kind} range {special}; use a private range such as 10.0.0.0/8"
