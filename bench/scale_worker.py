@@ -92,7 +92,7 @@ class Worker:
                 "wall": a.reconcile_wall,
                 "events": a.watcher.stats.events,
                 "lists": a.watcher.stats.lists,
-                "calls": dict(s.calls),
+                "calls": s.counts(),
             }
             for a, s in zip(self.agents, self.stores, strict=True)
         ]
@@ -147,7 +147,7 @@ class Worker:
                 "lists": after["lists"] - before["lists"],
                 "calls": {k: v for k, v in calls.items() if v},
                 "reached_at": dp.reached_at,
-                "remote": len(dp.remote.get(self.vni, ())),
+                "remote": dp.remote_count(self.vni),
             })
         emit({"event": "report", "agents": out})
 

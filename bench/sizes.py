@@ -22,7 +22,8 @@ class Sizes:
     scale_endpoints_per_host: int
     scale_burst: int
     scale_agents_per_worker: int
-    scale_wait_s: tuple[float, ...]  # how long the burst is waited for, per size (the run's budget may cut it)
+    scale_wait_s: tuple[float, ...]  # the least a burst is waited for, per size; beyond it while the agents keep
+    # the CPUs busy (bench.scale.BOUND_WAIT), up to scale_converge_timeout and the run's budget
     scale_client_hosts: int  # own etcd client per agent against one shared per process: this size ...
     scale_client_burst: int  # ... and a burst small enough to converge within the budget
     scale_client_wait_s: float
@@ -57,11 +58,11 @@ FULL = Sizes(
     scale_endpoints_per_host=25,
     scale_burst=1000,
     scale_agents_per_worker=50,
-    scale_wait_s=(75, 45, 75),
+    scale_wait_s=(60, 60, 60),
     scale_client_hosts=20,
     scale_client_burst=100,
     scale_client_wait_s=30,
-    scale_converge_timeout=240,
+    scale_converge_timeout=480,
     ghost_hosts=(100, 1000, 2000),
     ghost_endpoints_per_host=25,
     ghost_burst=1000,
