@@ -26,6 +26,7 @@ DEFAULT_IPALLOC_RANGE = "10.32.0.0/12"
 DEFAULT_DEAD_HOST_GRACE = 600.0  # seconds a dead host's addresses are kept before others reuse them
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+PUBLIC_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{43}=$")  # 32 bytes in base64
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -37,6 +38,7 @@ class HostRecord:
     mtu: int
     state: str = "alive"  # "alive" while the agent runs; "stopped" after `pyweave stop`; "member"
     version: str = ""
+    public_key: str = ""  # base64 X25519 key of an encrypted cluster's host (docs/encryption.md); else ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class ClusterConfig:
     ipalloc_range: str = DEFAULT_IPALLOC_RANGE
     default_subnet: str = DEFAULT_IPALLOC_RANGE
     dead_host_grace: float = DEFAULT_DEAD_HOST_GRACE
+    encrypted: bool = False  # every host gives the cluster's secret (`launch --password`)
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,14 @@ def _dump(obj: Any, *, compact: bool = True) -> bytes:
 
 
 def encode(record: object) -> bytes:
-    """The JSON of a record dataclass with plain fields (hosts, networks, config)."""
-    return _dump(asdict(record))  # type: ignore[call-overload]
+    """The JSON of a record dataclass with plain fields (hosts, networks, config). Fields of the
+    encrypted cluster are left out when unused, so a plain cluster's records stay as they were."""
+    data = asdict(record)  # type: ignore[call-overload]
+    if isinstance(record, HostRecord) and not record.public_key:
+        del data["public_key"]
+    if isinstance(record, ClusterConfig) and not record.encrypted:
+        del data["encrypted"]
+    return _dump(data)
 
 
 def attachment_value(cidrs: Iterable[OverlayAddress | str]) -> bytes:
@@ -264,7 +273,10 @@ def parse_host(name: str, obj: dict) -> HostRecord:
         mtu=int(_field(obj, "mtu", int)),
         state=str(obj.get("state", "alive")),
         version=str(obj.get("version", "")),
+        public_key=str(obj.get("public_key", "")),
     )
+    if rec.public_key and not PUBLIC_KEY_RE.match(rec.public_key):
+        raise Bad(f"public_key {rec.public_key!r} is not a base64 X25519 key")
     if rec.name != name:
         raise Bad(f'field "name" is {rec.name!r} but the key names host {name!r}')
     if not MAC_RE.match(rec.vtep_mac):
@@ -339,7 +351,10 @@ def parse_config(obj: dict) -> ClusterConfig:
     grace = obj.get("dead_host_grace", DEFAULT_DEAD_HOST_GRACE)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
         raise Bad('field "dead_host_grace" must be a number of seconds')
-    return ClusterConfig(str(rng), str(default), float(grace))
+    encrypted = obj.get("encrypted", False)
+    if not isinstance(encrypted, bool):
+        raise Bad('field "encrypted" must be true or false')
+    return ClusterConfig(str(rng), str(default), float(grace), encrypted)
 
 
 def _number(value: object, what: str) -> float:
