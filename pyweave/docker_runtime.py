@@ -144,6 +144,22 @@ class Containers:
     def __init__(self, host: str | None = None) -> None:
         self.api = DockerAPI(host)
 
+    def on_exit(self, ref: str, callback: Callable[[], None]) -> None:
+        """Call `callback` from a daemon thread once the container is not running: Docker's wait
+        request (condition not-running) answers when it stops, at once if it already has. Also
+        called when the request fails, so the caller looks for itself rather than waits forever."""
+        api = DockerAPI(self.api.host, timeout=None)
+        path = f"/containers/{quote(ref, safe='')}/wait?condition=not-running"
+
+        def wait() -> None:
+            try:
+                api.request("POST", path)
+            except ContainerError:
+                pass
+            callback()
+
+        threading.Thread(target=wait, name="docker-wait", daemon=True).start()
+
     def inspect(self, ref: str) -> ContainerInfo | None:
         """The container named or identified by ref, or None if Docker does not know it."""
         try:

@@ -126,6 +126,7 @@ def attach_and_wait(
     subnets: Sequence[OverlaySubnet] = (),
     *,
     gone: Callable[[], bool] | None = None,
+    on_exit: Callable[[Callable[[], None]], None] | None = None,
 ) -> list[OverlayAddress]:
     """Attach exact addresses and allocate one in each subnet; wait for the agent and the peers.
     Returns every address asked for, the allocated ones included (in that order). On any failure
@@ -142,7 +143,7 @@ def attach_and_wait(
             added.append(allocated[-1])
         want = {str(c.ip) for c in cidrs} | {str(c.ip) for c in allocated}
         trace("attachment written")
-        revision = wait_attached(ctx, cid, want, gone=gone)
+        revision = wait_attached(ctx, cid, want, gone=gone, on_exit=on_exit)
         trace("agent published the endpoint")
         if revision:
             wait_peers(ctx, revision, vnis)
@@ -203,7 +204,7 @@ def run(ctx: typer.Context) -> None:
         return info is None or not info.running
 
     try:
-        attach_and_wait(c, cid, cidrs, subnets, gone=exited)
+        attach_and_wait(c, cid, cidrs, subnets, gone=exited, on_exit=lambda cb: docker.on_exit(cid, cb))
     except BaseException:
         # The container exists only because of this command: do not leave it behind half-made.
         docker.remove(cid)

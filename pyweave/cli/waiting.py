@@ -60,6 +60,9 @@ class _Changes:
             cancel()
 
 
+_EXITED = object()  # put in the queue of changes when the container may have exited
+
+
 def wait_attached(
     ctx: Context,
     cid: str,
@@ -67,11 +70,14 @@ def wait_attached(
     absent: frozenset[str] | set[str] = frozenset(),
     timeout: float = ATTACH_TIMEOUT,
     gone: Callable[[], bool] | None = None,
+    on_exit: Callable[[Callable[[], None]], None] | None = None,
 ) -> int:
     """Wait until the agent has published every address in `present` and none in `absent` for
     cid (others may come and go meanwhile: concurrent attaches); returns the store revision of
     the newest publication, or 0 when `gone()` says the container exited. Fails early with the
-    agent's own problem report. Lists once, then watches: no polling of the store."""
+    agent's own problem report. Lists once, then watches: no polling of the store. `on_exit(cb)`
+    arranges for `cb()` to be called when the container stops (Docker's wait request): `gone()` is
+    then asked at once, not at its next twice-a-second check (`run ... busybox true`)."""
     prefix = keys.endpoint_prefix(ctx.me, cid)
     akey = keys.attachment_key(ctx.me, cid)
     pkey = keys.progress_key(ctx.me)
@@ -82,11 +88,17 @@ def wait_attached(
     deadline = time.monotonic() + timeout
     next_check = time.monotonic() + 0.5
     changes = _Changes(ctx.raw, [prefix, pkey], revision + 1)
+    if on_exit is not None:
+        on_exit(lambda: changes.queue.put(_EXITED))
     try:
         prog = ctx.raw.get(pkey)
         _check_problems(cid, akey, prog.value if prog else None)
         while True:
             batch = changes.next(timeout=0.5)
+            if batch is _EXITED:
+                if gone is None or gone():
+                    return 0  # it exited (`run ... true`): the attachment waits for its next start
+                continue
             for change in batch.changes if batch else ():
                 if change.key == pkey:
                     _check_problems(cid, akey, change.value)
