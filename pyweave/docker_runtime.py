@@ -47,7 +47,7 @@ class _UnixConnection(http.client.HTTPConnection):
 class DockerAPI:
     """A connection per request (the daemon is local; requests are few)."""
 
-    def __init__(self, host: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, host: str | None = None, *, timeout: float | None = 30.0) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         self.timeout = timeout
         url = urlsplit(self.host)
