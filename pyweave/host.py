@@ -66,6 +66,7 @@ class HostConfig:
     dns_forward: bool = True  # names outside the domain go to the host's resolvers (else REFUSED)
     metrics_port: int = 6782  # 0: no metrics
     metrics_addr: str = "127.0.0.1"  # loopback: only this host scrapes, unless launch says otherwise
+    encrypted: bool = False  # the cluster has a secret: frames between hosts cross the tunnel (docs/encryption.md)
 
 
 class HostStateError(Exception):

@@ -35,6 +35,7 @@ class LeaseKeeper:
         ttl: int,
         stop: threading.Event,
         on_renewed: Callable[[], None],
+        public_key: str = "",
     ) -> None:
         self.raw = raw
         self.state = state
@@ -45,11 +46,13 @@ class LeaseKeeper:
         self.ttl = ttl
         self.stop = stop
         self.on_renewed = on_renewed
+        self.public_key = public_key  # an encrypted cluster's host key (docs/encryption.md)
         self.lease = 0
 
     def host_record(self, state: str = "alive") -> HostRecord:
         return HostRecord(
-            name=self.me, address=self.address, vtep_mac=self.vtep_mac, mtu=self.mtu, state=state, version=__version__
+            name=self.me, address=self.address, vtep_mac=self.vtep_mac, mtu=self.mtu, state=state, version=__version__,
+            public_key=self.public_key,
         )
 
     def register(self) -> None:

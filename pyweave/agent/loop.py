@@ -28,6 +28,7 @@ from pyweave.agent.lease import LeaseKeeper
 from pyweave.agent.prober import Prober
 from pyweave.agent.publisher import Publisher
 from pyweave.agent.router import Router
+from pyweave.agent.tunnel import TunnelKeeper, TunnelPaths
 from pyweave.agent.stats import AgentStats
 from pyweave.backoff import Backoff
 from pyweave.containers import ContainerError, ContainerInfo, ContainerRuntime
@@ -70,6 +71,17 @@ class Agent:
             underlay = find_underlay(config.address)
         self.underlay = underlay
         self.mtu = config.mtu or (underlay.mtu - VXLAN_OVERHEAD)
+        # An encrypted cluster (docs/encryption.md): frames between hosts cross this host's tunnel,
+        # whose overhead comes off the MTU; the host record carries the public key peers need.
+        self.tunnel: TunnelKeeper | None = None
+        public_key = ""
+        if config.encrypted:
+            from dataplane.crypto import StaticKey
+            from dataplane.tunnel import TUNNEL_OVERHEAD
+
+            public_key = StaticKey.load_or_create(TunnelPaths(state).key).public_b64
+            self.mtu = config.mtu or (underlay.mtu - VXLAN_OVERHEAD - TUNNEL_OVERHEAD)
+            self.tunnel = TunnelKeeper(state, me=self.me, address=underlay.address)
         if probe is None:
             probe = dataplane is None
         if dataplane is None:
@@ -99,6 +111,7 @@ class Agent:
         self.lease_keeper = LeaseKeeper(
             raw, state, me=self.me, address=underlay.address, vtep_mac=config.vtep_mac, mtu=self.mtu,
             ttl=config.lease_ttl, stop=self.stop_event, on_renewed=lambda: self.wake(full=True),
+            public_key=public_key,
         )
         self.applier = KernelApplier(dataplane, me=self.me)
         self.publisher = Publisher(raw, me=self.me, lease=lambda: self.lease_keeper.lease)
@@ -152,6 +165,9 @@ class Agent:
         for t in threads:
             t.start()
         self.watcher.wait_synced(timeout=30)
+        if self.tunnel is not None:
+            self._update_tunnel(self.view)
+            self.tunnel.ensure_running(force=True)
         if self.prober is not None:
             # Start from the links this host published last time (an agent restart), so routes
             # stay as they were while the probes find their answers again.
@@ -222,6 +238,8 @@ class Agent:
             raise
 
     def _reconcile(self, view: ClusterView, *, full: bool) -> HostPlan:
+        if self.tunnel is not None:
+            self.tunnel.ensure_running()  # supervision: a dead tunnel is started again
         self.janitor.release_destroyed(view, self.docker.take_destroyed())
         # The ports as the kernel has them: read at a full pass and after a pass that changed
         # them, else as they were (listing links is the costliest read of a pass).
@@ -322,9 +340,18 @@ class Agent:
         """Routes again from the links and hosts (under the view's lock); the underlay addresses
         whose FDB destination changed. The prober follows the alive hosts."""
         hosts = {name: rec.address for name, rec in view.hosts.items()}
+        if self.tunnel is not None:
+            self._update_tunnel(view)
         if self.prober is not None:
             self.prober.set_peers({n: rec.address for n, rec in view.hosts.items() if n != self.me and rec.state == "alive"})
         return self.router.update(view.links, hosts)
+
+    def _update_tunnel(self, view: ClusterView) -> None:
+        assert self.tunnel is not None
+        with view.lock:
+            peers = {rec.address: (name, rec.public_key) for name, rec in view.hosts.items()
+                     if name != self.me and rec.public_key}
+        self.tunnel.update(peers)
 
     def _transit_vnis(self) -> set[int]:
         return {vni for vni, _budget in self._transit_wanted}

@@ -1,0 +1,136 @@
+"""The tunnel keeper: runs this host's encryption tunnel and tells it who the peers are.
+
+In an encrypted cluster (docs/encryption.md) every frame between hosts goes through a per-host tunnel
+process (`python -m dataplane.tunnel`), which outlives the agent: `pyweave stop` or an agent restart
+leaves it running, so containers keep talking. The keeper starts it when it is not running (at agent
+start, and whenever a pass finds it dead: supervision), and keeps its configuration file current: the
+peers (underlay address -> name and public key, from their host records), rewritten atomically and
+signalled with SIGHUP only when it changed. `pyweave reset` stops it (`stop`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+
+from pyweave.host import HostState, pid_alive, stop_process
+
+log = logging.getLogger("pyweave.agent")
+
+TUNNEL_PORT = 6783  # weave's data port
+CHECK_INTERVAL = 1.0  # seconds between two checks that the tunnel still runs
+
+
+class TunnelPaths:
+    """The tunnel's files in the host's state directory."""
+
+    def __init__(self, state: HostState) -> None:
+        d = state.dir
+        self.config = d / "tunnel.json"
+        self.pid = d / "tunnel.pid"
+        self.log = d / "tunnel.log"
+        self.stats = d / "tunnel-stats.json"
+        self.key = d / "host.key"
+        self.secret = d / "secret"
+
+
+def save_secret(state: HostState, secret: bytes) -> None:
+    """The cluster's secret, readable by root only (the tunnel process reads it at start)."""
+    state.dir.mkdir(parents=True, exist_ok=True)
+    path = TunnelPaths(state).secret
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    tmp.replace(path)
+
+
+def tunnel_pid(state: HostState) -> int | None:
+    try:
+        pid = int(TunnelPaths(state).pid.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def stop(state: HostState) -> None:
+    """Stop the tunnel (reset): it removes its own device and rules on the way out."""
+    pid = tunnel_pid(state)
+    if pid is not None:
+        stop_process(pid)
+    TunnelPaths(state).pid.unlink(missing_ok=True)
+
+
+class TunnelKeeper:
+    def __init__(self, state: HostState, *, me: str, address: str) -> None:
+        self.state = state
+        self.paths = TunnelPaths(state)
+        self.me = me
+        self.address = address
+        self._peers: dict[str, dict[str, str]] = {}
+        self._checked = 0.0
+        self._proc: subprocess.Popen | None = None
+
+    def _config(self) -> dict:
+        return {
+            "me": self.me,
+            "address": self.address,
+            "port": TUNNEL_PORT,
+            "key_file": str(self.paths.key),
+            "secret_file": str(self.paths.secret),
+            "stats_file": str(self.paths.stats),
+            "peers": self._peers,
+        }
+
+    def _write_config(self) -> None:
+        tmp = self.paths.config.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._config(), indent=2, sort_keys=True))
+        tmp.replace(self.paths.config)
+
+    def ensure_running(self, *, force: bool = False) -> None:
+        """Start the tunnel if it does not run (checked at most once a CHECK_INTERVAL)."""
+        now = time.monotonic()
+        if not force and now - self._checked < CHECK_INTERVAL:
+            return
+        self._checked = now
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None  # reaped: it died
+        if tunnel_pid(self.state) is not None:
+            return
+        self._write_config()
+        with open(self.paths.log, "ab") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "dataplane.tunnel", "--config", str(self.paths.config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            )
+        self.paths.pid.write_text(str(self._proc.pid))
+        log.info("tunnel started pid=%d", self._proc.pid)
+
+    def update(self, peers: Mapping[str, tuple[str, str]]) -> None:
+        """The peers as the host records say (address -> (name, public key)); the tunnel is told
+        (SIGHUP) only when they changed."""
+        wanted = {address: {"name": name, "public": key} for address, (name, key) in peers.items()}
+        if wanted == self._peers:
+            return
+        self._peers = wanted
+        self._write_config()
+        pid = tunnel_pid(self.state)
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+        log.info("tunnel peers: %s", ", ".join(sorted(p["name"] for p in wanted.values())) or "none")
+
+    def stats(self) -> dict:
+        try:
+            return json.loads(self.paths.stats.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
