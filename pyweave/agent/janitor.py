@@ -71,10 +71,11 @@ class Janitor:
             return
         self._last_dead_check = now
         grace = state.config.dead_host_grace if state.config else DEFAULT_DEAD_HOST_GRACE
-        for host in state.tombstones:
+        # Copies: the view's maps change under the watch thread meanwhile (this runs outside its lock).
+        for host in list(state.tombstones):
             if host in state.hosts:
                 self.raw.delete(keys.tombstone_key(host))
-        for host in state.members:
+        for host in list(state.members):
             if host in state.hosts or host == self.me:
                 continue
             since = state.tombstones.get(host)
