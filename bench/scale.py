@@ -597,8 +597,10 @@ def run(ctx: BenchContext) -> SectionResult:
         f"Leases of {LEASE_TTL} s and a periodic resync of {RESYNC_INTERVAL:.0f} s, and agents log at WARNING, "
         "because hundreds of agents share 2 CPUs here where a real host has its own. For the same reason the "
         "simulation's wall-clock convergence is bounded by the sum of every agent's CPU over 2 cores: compare "
-        "'worker CPU s' with the time, and read 'agent CPU s' as what one host spends on its own CPU. The waits "
-        "are capped so that the whole run stays within its 15-minute budget."
+        "'worker CPU s' with the time, and read 'agent CPU s' as what one host spends on its own CPU. Each wait "
+        f"(the startup's, the burst's) lasts at least {min(s.scale_wait_s):.0f} s and beyond that as long as the "
+        f"agents keep the CPUs busy (wall time within {BOUND_WAIT:g}x the CPU spent so far over the cores), up to "
+        f"{s.scale_converge_timeout:.0f} s and what the run's 15-minute budget leaves."
     )
     runs: list[Run] = []
     # Order: the client comparison (small, it converges), the smallest size, the largest (issue 6
