@@ -181,8 +181,8 @@ def run_continuous(a: Peer, b: Peer, clock: FakeClock, seconds: float, step: flo
         sent_ba.append(pb)
         to_b += a.seal(pa) + a.tick()
         to_a += b.seal(pb) + b.tick()
-    _, more_b = pump(a, b, to_b, to_a)
-    return steps, [sent_ab, got_b + more_b], [sent_ba, got_a + _]
+    more_a, more_b = pump(a, b, to_b, to_a)
+    return steps, [sent_ab, got_b + more_b], [sent_ba, got_a + more_a]
 
 
 def test_rekey_by_time_under_continuous_sealing_loses_nothing():
@@ -351,3 +351,30 @@ def test_malformed_public_keys_are_refused():
         key.exchange(bytes(32))  # a low-order point
     with pytest.raises(CryptoError):
         public_from_b64("AAAA")
+
+
+def test_rekeys_with_lost_handshake_messages_lose_no_data():
+    clock = FakeClock()
+    a, b = make_pair(clock, rekey_after=10.0)
+    rng = random.Random(7)
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    to_a: list[bytes] = []
+    to_b: list[bytes] = []
+    for i in range(1300):  # 65 s: six rotations, 30 % of INITs and RESPs lost
+        clock.now += 0.05
+        arriving_b = [d for d in to_b if not (d[0] in (TYPE_INIT, TYPE_RESP) and rng.random() < 0.3)]
+        arriving_a = [d for d in to_a if not (d[0] in (TYPE_INIT, TYPE_RESP) and rng.random() < 0.3)]
+        to_a, to_b = [], []
+        for d in arriving_b:
+            packets, back = b.receive(d)
+            got += packets
+            to_a += back
+        for d in arriving_a:
+            to_b += a.receive(d)[1]
+        sent.append(i.to_bytes(4, "big"))
+        to_b += a.seal(sent[-1]) + a.tick()
+        to_a += b.tick()
+    got += pump(a, b, to_b, to_a)[1]
+    assert got == sent
+    assert a.stats.rekeys >= 4 and a.stats.too_old == b.stats.too_old == 0
