@@ -76,11 +76,11 @@ class Agent:
         self.tunnel: TunnelKeeper | None = None
         public_key = ""
         if config.encrypted:
-            from dataplane.crypto import StaticKey
-            from dataplane.tunnel import TUNNEL_OVERHEAD
+            from dataplane.crypto import DATA_OVERHEAD, StaticKey
 
             public_key = StaticKey.load_or_create(TunnelPaths(state).key).public_b64
-            self.mtu = config.mtu or (underlay.mtu - VXLAN_OVERHEAD - TUNNEL_OVERHEAD)
+            # The sealed outer packet travels in a datagram of its own: IPv4 20 + UDP 8 + the AEAD's.
+            self.mtu = config.mtu or (underlay.mtu - VXLAN_OVERHEAD - 28 - DATA_OVERHEAD)
             self.tunnel = TunnelKeeper(state, me=self.me, address=underlay.address)
         if probe is None:
             probe = dataplane is None
