@@ -1,0 +1,525 @@
+"""The encrypted tunnel of one host (issue 14, docs/encryption.md): `python -m dataplane.tunnel --config PATH`.
+
+The kernel VXLAN devices stay as they are. Their packets to other hosts (UDP to ports 4789..4792) are
+marked by an nftables `route` chain (table `inet pyweave_tunnel`), and a policy rule sends marked
+packets to a routing table whose default route is the TUN device `pwtun0`. This process reads each
+outer IP packet from the TUN device, finds the peer by the packet's IPv4 destination, seals it with
+that pair's keys (`dataplane.crypto`) and sends it over its UDP socket (port 6783) to the peer. The
+peer's tunnel opens it (the peer is known by the datagram's source address) and writes the packet
+into its own TUN device: its kernel sees the VXLAN packet arrive, as if from the underlay.
+
+Kernel objects it owns, in the namespace it runs in; made idempotently at start, removed at a clean
+exit (SIGTERM, SIGINT), and by `cleanup()` (or `--cleanup`) after a crash:
+- the TUN device `pwtun0` (not persistent: it vanishes with the process's file descriptors);
+- the nft table `inet pyweave_tunnel` (mark FWMARK on UDP to VXLAN_PORTS, output, type route);
+- the rule `fwmark FWMARK lookup ROUTE_TABLE` (priority RULE_PRIORITY) and, in ROUTE_TABLE, the
+  route `default dev pwtun0` and a blackhole default with a higher metric: after a crash the TUN
+  device is gone, and the marked packets are dropped rather than sent in clear on the underlay;
+- rp_filter = 2 (loose) on pwtun0, and the address TUN_ADDRESS/32 on it (without an address the
+  filter refuses everything): the packets it delivers come from peers' underlay addresses, whose
+  reverse route is the underlay interface.
+
+Speed (bench/tunnel_speed.py): with `offload` (the default), the TUN device has IFF_VNET_HDR and
+TUNSETOFFLOAD with checksum, TSO and UDP-tunnel GSO, so the kernel hands over whole VXLAN
+super-packets (up to 64 KB of the inner TCP stream) with a virtio_net_hdr in front. The header and
+the packet are sealed as one message and sent as one UDP datagram (fragmented by IP on the
+underlay); the receiver writes header and packet back as they came, and its kernel takes the
+super-packet as it would from a virtio NIC. A Python tunnel is bound by system calls per packet,
+not by the cipher (AES-GCM seals 64 KB in about 30 µs), so fewer, larger packets is what counts.
+
+Config (JSON, re-read on SIGHUP; the agent replaces it atomically):
+    {"me": NAME, "address": UNDERLAY_ADDRESS, "port": 6783, "key_file": PATH, "secret_file": PATH,
+     "peers": {UNDERLAY_ADDRESS: {"name": NAME, "public": BASE64_X25519}}, "stats_file": PATH,
+     optional: "offload": true, "socket_buffer": 7340032}
+Stats (stats_file, JSON, rewritten at most once a second): the counters of `crypto.PeerStats`
+summed over peers ("total") and per peer ("peers", by address, with the name), and the tunnel's own
+drops ("tunnel": unknown_source, no_peer, malformed, send_errors, write_errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+TUN_NAME = "pwtun0"
+TUNNEL_PORT = 6783
+NFT_FAMILY = "inet"
+NFT_TABLE = "pyweave_tunnel"
+FWMARK = 0x7077
+ROUTE_TABLE = 7077
+RULE_PRIORITY = 7077
+BLACKHOLE_METRIC = 4096
+VXLAN_PORTS = (4789, 4792)  # the network's devices and the relays' hop budgets (MAX_HOPS = 4)
+# The reverse-path filter drops every packet that comes in on a device without an IPv4 address unless
+# rp_filter is 0 (fib_validate_source: no address -> "last resort" -> refused), and the effective
+# value is max(all, device): a link-local /32 on pwtun0 makes loose mode (2) work whatever `all` is.
+TUN_ADDRESS = "169.254.70.77"
+TUN_MTU = 65000  # no fragmentation before the tunnel: the VXLAN packets' size is the overlay MTU's business
+SOCKET_BUFFER = 7 * 1024 * 1024  # as wireguard-go
+TICK = 0.1
+STATS_INTERVAL = 1.0
+BATCH = 64  # packets read from one file descriptor per wake-up
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+TUN_F_USO4, TUN_F_USO6 = 0x20, 0x40
+TUN_F_UDP_TUNNEL_GSO, TUN_F_UDP_TUNNEL_GSO_CSUM = 0x80, 0x100
+OFFLOADS = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6
+    | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM
+)
+# With UDP-tunnel GSO the kernel uses the longest virtio header (virtio_net_hdr_v1_hash_tunnel:
+# 12 + hash 8 + outer/inner offsets 4); the header is opaque here, sealed and written back as it is.
+VNET_HDR_SIZE = 24
+
+
+class TunnelError(Exception):
+    pass
+
+
+# -- config ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeerConfig:
+    address: str
+    name: str
+    public: bytes
+
+
+@dataclass(frozen=True)
+class Config:
+    me: str
+    address: str
+    port: int
+    key_file: str
+    secret_file: str
+    stats_file: str | None
+    peers: dict[str, PeerConfig] = field(default_factory=dict)
+    offload: bool = True
+    socket_buffer: int = SOCKET_BUFFER
+
+
+def load_config(path: str) -> Config:
+    """Parse the config file; TunnelError says what is wrong with it."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+        peers = {}
+        for address, p in (raw.get("peers") or {}).items():
+            socket.inet_aton(address)
+            peers[address] = PeerConfig(address, str(p["name"]), base64.b64decode(p["public"], validate=True))
+        socket.inet_aton(raw["address"])
+        return Config(
+            me=str(raw["me"]),
+            address=raw["address"],
+            port=int(raw.get("port", TUNNEL_PORT)),
+            key_file=raw["key_file"],
+            secret_file=raw["secret_file"],
+            stats_file=raw.get("stats_file"),
+            peers=peers,
+            offload=bool(raw.get("offload", True)),
+            socket_buffer=int(raw.get("socket_buffer", SOCKET_BUFFER)),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise TunnelError(f"bad tunnel config {path}: {err!r}") from err
+
+
+# -- kernel plumbing -------------------------------------------------------------------------------
+def open_tun(*, offload: bool, multi_queue: bool = False) -> tuple[int, bool]:
+    """A queue of the TUN device TUN_NAME (made if missing); (fd, whether offloads are on).
+
+    Offloads that the kernel refuses fall back to plain packets (one per read)."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0) | (IFF_MULTI_QUEUE if multi_queue else 0)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", TUN_NAME.encode(), flags))
+        if offload:
+            try:
+                fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
+                fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
+            except OSError as err:
+                log.warning("TUN offloads refused (%s): one packet per read", err)
+                os.close(fd)
+                return open_tun(offload=False, multi_queue=multi_queue)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, offload
+
+
+def _sysctl(path: str, value: str) -> None:
+    with open(f"/proc/sys/{path}", "w") as f:
+        f.write(value)
+
+
+def _nft(script: str) -> None:
+    done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TunnelError(f"nft failed: {done.stderr.strip()}")
+
+
+NFT_SCRIPT = f"""\
+table {NFT_FAMILY} {NFT_TABLE} {{}}
+delete table {NFT_FAMILY} {NFT_TABLE}
+table {NFT_FAMILY} {NFT_TABLE} {{
+    chain out {{
+        type route hook output priority 0; policy accept;
+        udp dport {VXLAN_PORTS[0]}-{VXLAN_PORTS[1]} meta mark set {FWMARK:#x}
+    }}
+}}
+"""
+
+
+def _our_rules(ipr: IPRoute) -> list:
+    return [
+        r for r in ipr.get_rules(family=socket.AF_INET)
+        if r.get_attr("FRA_PRIORITY") == RULE_PRIORITY and r.get_attr("FRA_TABLE") == ROUTE_TABLE
+    ]
+
+
+def setup_kernel() -> None:
+    """Route, blackhole, rule, rp_filter and nft table for the TUN device (which must exist);
+    idempotent. The marking comes last, once the route is there."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=TUN_NAME)
+        if not found:
+            raise TunnelError(f"{TUN_NAME} is missing")
+        idx = found[0]
+        _sysctl(f"net/ipv6/conf/{TUN_NAME}/disable_ipv6", "1")
+        _sysctl(f"net/ipv4/conf/{TUN_NAME}/rp_filter", "2")
+        ipr.link("set", index=idx, mtu=TUN_MTU, state="up")
+        if not ipr.get_addr(index=idx, family=socket.AF_INET):
+            ipr.addr("add", index=idx, address=TUN_ADDRESS, prefixlen=32)
+        ipr.route("replace", dst="0.0.0.0", dst_len=0, oif=idx, table=ROUTE_TABLE)
+        ipr.route("replace", dst="0.0.0.0", dst_len=0, type="blackhole", table=ROUTE_TABLE, priority=BLACKHOLE_METRIC)
+        rules = _our_rules(ipr)
+        if not any(r.get_attr("FRA_FWMARK") == FWMARK for r in rules):
+            for r in rules:
+                ipr.rule("del", priority=RULE_PRIORITY, table=ROUTE_TABLE, fwmark=r.get_attr("FRA_FWMARK"))
+            ipr.rule("add", priority=RULE_PRIORITY, table=ROUTE_TABLE, fwmark=FWMARK)
+    _nft(NFT_SCRIPT)
+
+
+def cleanup() -> None:
+    """Remove everything the tunnel makes, in the namespace this process runs in; what is missing
+    is success (for the agent, after the tunnel died)."""
+    _nft(f"table {NFT_FAMILY} {NFT_TABLE} {{}}\ndelete table {NFT_FAMILY} {NFT_TABLE}\n")
+    with IPRoute() as ipr:
+        for r in _our_rules(ipr):
+            try:
+                ipr.rule("del", priority=RULE_PRIORITY, table=ROUTE_TABLE, fwmark=r.get_attr("FRA_FWMARK"))
+            except NetlinkError as err:
+                if err.code != errno.ENOENT:
+                    raise
+        try:
+            ipr.flush_routes(table=ROUTE_TABLE, family=socket.AF_INET)
+        except NetlinkError as err:
+            if err.code not in (errno.ENOENT, errno.ESRCH):
+                raise
+        found = ipr.link_lookup(ifname=TUN_NAME)
+        if found:
+            try:
+                ipr.link("del", index=found[0])
+            except NetlinkError as err:
+                if err.code != errno.ENODEV:
+                    raise
+
+
+# -- the tunnel ------------------------------------------------------------------------------------
+TUNNEL_COUNTERS = ("unknown_source", "no_peer", "malformed", "send_errors", "write_errors")
+
+
+def _counters(stats: Any) -> dict[str, int]:
+    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+        items = dataclasses.asdict(stats).items()
+    else:
+        items = vars(stats).items()
+    return {k: v for k, v in items if isinstance(v, int) and not isinstance(v, bool)}
+
+
+class Tunnel:
+    """The per-host tunnel: one TUN queue, one UDP socket, one crypto.Peer per peer address."""
+
+    def __init__(self, config_path: str, crypto: Any = None) -> None:
+        if crypto is None:
+            from dataplane import crypto as crypto_module
+
+            crypto = crypto_module
+        self.crypto = crypto
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        self.tun = -1
+        self.sock: socket.socket | None = None
+        self.hdr = 0
+        self.peers: dict[str, Any] = {}  # address -> crypto.Peer
+        self._peer_conf: dict[str, tuple[PeerConfig, bytes]] = {}
+        self._by_dst: dict[bytes, tuple[Any, tuple[str, int]]] = {}  # packed address -> (Peer, sockaddr)
+        self.counters = dict.fromkeys(TUNNEL_COUNTERS, 0)
+        self._retired: dict[str, int] = {}  # counters of peers removed since the start
+        self._reload = False
+        self._stop = False
+        self._last_stats: str | None = None
+
+    # -- setup ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.tun, offload = open_tun(offload=self.config.offload)
+        self.hdr = VNET_HDR_SIZE if offload else 0
+        try:
+            setup_kernel()
+            self._open_socket()
+            self._apply_peers()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("tunnel %s up on %s:%d, %d peers, offload %s", self.config.me, self.config.address,
+                 self.config.port, len(self.peers), bool(self.hdr))
+
+    def _open_socket(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, self.config.socket_buffer)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, opt, self.config.socket_buffer)
+        sock.bind((self.config.address, self.config.port))
+        sock.setblocking(False)
+        self.sock = sock
+
+    def _secret(self) -> bytes:
+        with open(self.config.secret_file, "rb") as f:
+            return f.read()
+
+    def _apply_peers(self) -> None:
+        """Make one crypto.Peer per configured peer; peers whose name, key and secret did not change
+        keep their sessions."""
+        cfg = self.config
+        own = self.crypto.StaticKey.load_or_create(cfg.key_file)
+        secret = self._secret()
+        for address in list(self.peers):
+            if address not in cfg.peers:
+                self._retire(address)
+        for address, pc in cfg.peers.items():
+            key = self.crypto.pair_key(own, pc.public, secret, cfg.me, pc.name)
+            if address in self.peers and self._peer_conf[address] == (pc, key):
+                continue
+            if address in self.peers:
+                self._retire(address)
+            self.peers[address] = self.crypto.Peer(me=cfg.me, name=pc.name, pair_key=key)
+            self._peer_conf[address] = (pc, key)
+        self._by_dst = {socket.inet_aton(a): (p, (a, cfg.port)) for a, p in self.peers.items()}
+
+    def _retire(self, address: str) -> None:
+        peer = self.peers.pop(address)
+        self._peer_conf.pop(address, None)
+        for k, v in _counters(peer.stats).items():
+            self._retired[k] = self._retired.get(k, 0) + v
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except TunnelError as err:
+            log.error("keeping the old config: %s", err)
+            return
+        old, self.config = self.config, new
+        if (new.address, new.port, new.socket_buffer) != (old.address, old.port, old.socket_buffer):
+            self._open_socket()
+        try:
+            self._apply_peers()
+        except Exception as err:  # a bad key or secret file: keep going with what we have
+            log.error("cannot apply the new peers: %r", err)
+        log.info("config reloaded: %d peers", len(self.peers))
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        try:
+            cleanup()
+        except Exception as err:
+            log.error("cleanup failed: %r", err)
+        if self.tun >= 0:
+            os.close(self.tun)
+            self.tun = -1
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _send(self, datagrams: list[bytes], sockaddr: tuple[str, int]) -> None:
+        assert self.sock is not None
+        for d in datagrams:
+            try:
+                self.sock.sendto(d, sockaddr)
+            except OSError:
+                self.counters["send_errors"] += 1
+
+    def _from_tun(self) -> None:
+        tun, hdr, by_dst = self.tun, self.hdr, self._by_dst
+        sock = self.sock
+        assert sock is not None
+        offset = hdr + 16
+        for _ in range(BATCH):
+            try:
+                packet = os.read(tun, 65600)
+            except BlockingIOError:
+                return
+            found = by_dst.get(packet[offset:offset + 4])
+            if found is None:
+                self.counters["no_peer" if len(packet) >= offset + 4 else "malformed"] += 1
+                if self.counters["no_peer"] <= 5:
+                    log.info("no peer for a packet from the TUN device: %s", packet[:offset + 24].hex())
+                continue
+            peer, sockaddr = found
+            for d in peer.seal(packet):
+                try:
+                    sock.sendto(d, sockaddr)
+                except OSError:
+                    self.counters["send_errors"] += 1
+
+    def _from_socket(self) -> None:
+        tun, peers, sock = self.tun, self.peers, self.sock
+        assert sock is not None
+        for _ in range(BATCH):
+            try:
+                datagram, source = sock.recvfrom(65600)
+            except BlockingIOError:
+                return
+            except OSError:  # e.g. ICMP errors reported on the socket
+                continue
+            peer = peers.get(source[0])
+            if peer is None:
+                self.counters["unknown_source"] += 1
+                continue
+            packets, replies = peer.receive(datagram)
+            for p in packets:
+                try:
+                    os.write(tun, p)
+                except OSError:
+                    self.counters["write_errors"] += 1
+            if replies:
+                self._send(replies, source)
+
+    def _tick(self) -> None:
+        for address, peer in self.peers.items():
+            out = peer.tick()
+            if out:
+                self._send(out, (address, self.config.port))
+
+    def stats(self) -> dict:
+        total = dict(self._retired)
+        per_peer = {}
+        for address, peer in self.peers.items():
+            c = _counters(peer.stats)
+            for k, v in c.items():
+                total[k] = total.get(k, 0) + v
+            per_peer[address] = {"name": self._peer_conf[address][0].name, **c}
+        return {"me": self.config.me, "total": total, "tunnel": dict(self.counters), "peers": per_peer}
+
+    def write_stats(self) -> None:
+        path = self.config.stats_file
+        if not path:
+            return
+        text = json.dumps(self.stats(), sort_keys=True)
+        if text == self._last_stats:
+            return
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        self._last_stats = text
+
+    def run(self) -> None:
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        next_tick = next_stats = time.monotonic()
+        try:
+            while not self._stop:
+                assert self.sock is not None
+                sfd = self.sock.fileno()
+                try:
+                    ready, _, _ = select.select([self.tun, sfd], [], [], TICK)
+                except InterruptedError:
+                    ready = []
+                if self.tun in ready:
+                    self._from_tun()
+                if sfd in ready:
+                    self._from_socket()
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK
+                    self._tick()
+                if now >= next_stats:
+                    next_stats = now + STATS_INTERVAL
+                    try:
+                        self.write_stats()
+                    except OSError as err:
+                        log.warning("cannot write stats: %s", err)
+        finally:
+            try:
+                self.write_stats()
+            except OSError:
+                pass
+            self.stop()
+            log.info("tunnel stopped, kernel state removed")
+
+    def _on_hup(self, *_: Any) -> None:
+        self._reload = True
+
+    def _on_term(self, *_: Any) -> None:
+        self._stop = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dataplane.tunnel", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="the tunnel's JSON config")
+    parser.add_argument("--cleanup", action="store_true", help="remove the tunnel's kernel state and exit")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s tunnel %(levelname)s %(message)s")
+    if args.cleanup:
+        cleanup()
+        return 0
+    if not args.config:
+        parser.error("--config is required")
+    try:
+        tunnel = Tunnel(args.config)
+        tunnel.start()
+    except Exception as err:  # a bad config, key or secret file; a kernel that refuses: say so, exit 1
+        log.error("cannot start the tunnel: %s", err)
+        return 1
+    tunnel.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""The encrypted tunnel (dataplane/tunnel.py) between two host namespaces on a switch namespace.
+
+Each host has a kernel VXLAN network with an address on its bridge (as `pyweave expose` does) and
+runs `python -m dataplane.tunnel`; the VXLAN packets to the other host must cross the underlay only
+sealed, as UDP to port 6783.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+import pytest
+
+from dataplane.api import VXLAN_OVERHEAD, RemoteEntry
+from dataplane.crypto import DATA_OVERHEAD, StaticKey
+from dataplane.host import find_underlay
+from dataplane.linux import LinuxDataplane
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parents[2]
+VNI = 70200
+SECRET = b"correct horse battery staple"
+MARKER = b"PYWEAVE-PLAINTEXT-MARKER-0123456789"
+
+def ip(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True).stdout
+
+
+def nsexec(ns: str, *argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, **kw)
+
+
+def pings(ns: str, target: str, count: int = 1) -> bool:
+    return nsexec(ns, "busybox", "ping", "-c", str(count), "-W", "2", target).returncode == 0
+
+
+def wait_for(check, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Host:
+    def __init__(self, ns: str, index: int, workdir: Path, dp: LinuxDataplane) -> None:
+        self.ns, self.index, self.dp = ns, index, dp
+        self.name = f"h{index}"
+        self.address = f"198.19.0.{index}"
+        self.overlay = f"10.9.0.{index}"
+        self.mac = f"02:aa:00:00:00:0{index}"
+        self.dir = workdir / self.name
+        self.dir.mkdir()
+        self.config = self.dir / "tunnel.json"
+        self.stats_file = self.dir / "stats.json"
+        self.key_file = self.dir / "key"
+        self.proc: subprocess.Popen | None = None
+
+    def write_config(self, peers: list[Host], publics: dict[str, str]) -> None:
+        secret = self.dir / "secret"
+        secret.write_bytes(SECRET)
+        secret.chmod(0o600)
+        config = {
+            "me": self.name, "address": self.address, "port": 6783, "key_file": str(self.key_file),
+            "secret_file": str(secret), "stats_file": str(self.stats_file),
+            "peers": {p.address: {"name": p.name, "public": publics[p.name]} for p in peers},
+        }
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config))
+        os.replace(tmp, self.config)
+
+    def start(self) -> None:
+        log = open(self.dir / "tunnel.log", "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "dataplane.tunnel", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        wait_for(lambda: self.stats_file.exists() or self.proc.poll() is not None, timeout=90, what=f"tunnel of {self.name}")
+        assert self.proc.poll() is None, (self.dir / "tunnel.log").read_text()
+
+    def stats(self) -> dict:
+        return json.loads(self.stats_file.read_text())
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+@pytest.fixture
+def pair(namespaces, tmp_path):
+    """Two hosts with a VXLAN network and addresses 10.9.0.1/.2, their tunnels not started yet."""
+    switch = namespaces("sw")
+    ip(switch, "link", "add", "sw0", "type", "bridge")
+    ip(switch, "link", "set", "sw0", "up")
+    hosts: list[Host] = []
+    try:
+        for i in (1, 2):
+            ns = namespaces(f"h{i}")
+            ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{i}", "netns", switch)
+            ip(switch, "link", "set", f"p{i}", "master", "sw0", "up")
+            ip(ns, "addr", "add", f"198.19.0.{i}/24", "dev", "eth0")
+            ip(ns, "link", "set", "eth0", "up")
+            underlay = find_underlay(netns=ns)
+            mtu = underlay.mtu - VXLAN_OVERHEAD - 28 - DATA_OVERHEAD
+            dp = LinuxDataplane(underlay=underlay, vtep_mac=f"02:00:00:00:01:0{i}", mtu=mtu, netns=ns)
+            hosts.append(Host(ns, i, tmp_path, dp))
+        for h in hosts:
+            h.dp.ensure_network(VNI)
+            h.dp.ensure_exposed(VNI, mac=h.mac, cidrs=[IPv4Interface(f"{h.overlay}/24")])
+        for h in hosts:
+            h.dp.sync_remote(VNI, [RemoteEntry(o.mac, o.overlay, o.address) for o in hosts if o is not h])
+        publics = {h.name: StaticKey.load_or_create(h.key_file).public_b64 for h in hosts}
+        yield hosts, switch, publics
+    finally:
+        for h in hosts:
+            h.stop()
+            h.dp.close()
+
+
+def start_all(hosts: list[Host], publics: dict[str, str]) -> None:
+    for h in hosts:
+        h.write_config([o for o in hosts if o is not h], publics)
+    for h in hosts:
+        h.start()
+
+
+class Capture:
+    """tcpdump on the switch's port of host 1, into a pcap file."""
+
+    def __init__(self, switch: str, path: Path) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(["ip", "netns", "exec", switch, "tcpdump", "-i", "p1", "-U", "-n", "-s", "0",
+                                      "-w", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(lambda: path.exists() and path.stat().st_size >= 24, what="tcpdump")
+        time.sleep(0.2)
+
+    def frames(self) -> list[bytes]:
+        time.sleep(0.3)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        data = self.path.read_bytes()
+        out, pos = [], 24
+        while pos + 16 <= len(data):
+            caplen = struct.unpack_from("=I", data, pos + 8)[0]
+            out.append(data[pos + 16:pos + 16 + caplen])
+            pos += 16 + caplen
+        return out
+
+
+def udp_of(frame: bytes) -> tuple[str, str, int, int, bytes] | None:
+    """(src, dst, sport, dport, payload) of an unfragmented or first-fragment IPv4/UDP frame."""
+    if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return None
+    ihl = (frame[14] & 15) * 4
+    if struct.unpack_from("!H", frame, 20)[0] & 0x1FFF:
+        return None  # a later fragment: no UDP header
+    sport, dport = struct.unpack_from("!HH", frame, 14 + ihl)
+    return (socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34]), sport, dport, frame[14 + ihl + 8:])
+
+
+def send_udp(ns: str, src: str, dst: str, port: int, payload: bytes, count: int = 1) -> None:
+    code = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0))\n"
+            "for _ in range(int(sys.argv[5])): s.sendto(bytes.fromhex(sys.argv[4]), (sys.argv[2], int(sys.argv[3])))")
+    nsexec(ns, sys.executable, "-c", code, src, dst, str(port), payload.hex(), str(count), check=True)
+
+
+def test_pings_cross_sealed_and_the_underlay_carries_only_udp_6783(pair, tmp_path):
+    hosts, switch, publics = pair
+    h1, h2 = hosts
+    start_all(hosts, publics)
+    capture = Capture(switch, tmp_path / "cap.pcap")
+    assert pings(h1.ns, h2.overlay), "the first ping after both tunnels are up"
+    assert pings(h2.ns, h1.overlay, count=3)
+    send_udp(h1.ns, h1.overlay, h2.overlay, 9999, MARKER, count=3)
+    frames = capture.frames()
+    udp = [u for f in frames if (u := udp_of(f))]
+    assert udp, "the capture saw the traffic"
+    ports = {(u[2], u[3]) for u in udp}
+    assert ports == {(6783, 6783)}, ports
+    assert not any(MARKER in f for f in frames)
+    assert not any(socket.inet_aton(h2.overlay) in f or socket.inet_aton(h1.overlay) in f for f in frames)
+    wait_for(lambda: h1.stats()["total"].get("sealed", 0) >= 4 and h2.stats()["total"].get("opened", 0) >= 4,
+             what="stats")
+    peer = h1.stats()["peers"][h2.address]
+    assert peer["name"] == "h2" and peer["opened"] >= 3
+
+
+def test_forged_and_replayed_datagrams_change_nothing_and_are_counted(pair, tmp_path):
+    hosts, switch, publics = pair
+    h1, h2 = hosts
+    start_all(hosts, publics)
+    capture = Capture(switch, tmp_path / "cap.pcap")
+    send_udp(h1.ns, h1.overlay, h2.overlay, 9999, MARKER)
+    frames = capture.frames()
+    sealed = [u[4] for f in frames if (u := udp_of(f)) and u[0] == h1.address and u[3] == 6783]
+    assert sealed
+    before = h2.stats()["total"]
+    send_udp(h1.ns, h1.address, h2.address, 6783, os.urandom(200), count=3)  # random bytes from a peer
+    send_udp(h1.ns, h1.address, h2.address, 6783, sealed[-1], count=2)  # a captured datagram again
+    flipped = bytearray(sealed[-1])
+    flipped[-5] ^= 1
+    send_udp(h1.ns, h1.address, h2.address, 6783, bytes(flipped))
+    ip(switch, "addr", "add", "198.19.0.99/24", "dev", "sw0")
+    send_udp(switch, "198.19.0.99", h2.address, 6783, sealed[-1])  # from a stranger
+    wait_for(lambda: h2.stats()["tunnel"]["unknown_source"] >= 1, what="unknown source counted")
+    after = h2.stats()["total"]
+    dropped = sum(after.get(k, 0) - before.get(k, 0) for k in after if k not in ("opened", "sealed"))
+    assert dropped >= 6, (before, after)
+    assert after.get("opened", 0) == before.get("opened", 0)  # nothing forged was delivered
+    assert pings(h1.ns, h2.overlay) and pings(h2.ns, h1.overlay)
+
+
+def test_sigterm_removes_the_tun_device_nft_table_rule_and_routes(pair):
+    hosts, switch, publics = pair
+    h1, _h2 = hosts
+    start_all(hosts, publics)
+    assert "pwtun0" in ip(h1.ns, "link", "show")
+    assert "pyweave_tunnel" in nsexec(h1.ns, "nft", "list", "tables").stdout
+    assert "fwmark 0x7077 lookup 7077" in ip(h1.ns, "rule", "show")
+    assert h1.stop() == 0
+    assert "pwtun0" not in ip(h1.ns, "link", "show")
+    assert "pyweave_tunnel" not in nsexec(h1.ns, "nft", "list", "tables").stdout
+    assert "0x7077" not in ip(h1.ns, "rule", "show")
+    assert ip(h1.ns, "route", "show", "table", "7077").strip() == ""
+
+
+def test_a_crashed_tunnel_fails_closed_until_cleanup(pair, tmp_path):
+    hosts, switch, publics = pair
+    h1, h2 = hosts
+    start_all(hosts, publics)
+    assert h1.proc is not None
+    h1.proc.kill()  # `ip netns exec` execs the tunnel: this is its pid
+    h1.proc.wait(10)
+    capture = Capture(switch, tmp_path / "cap.pcap")
+    assert not pings(h1.ns, h2.overlay)  # blackholed, not sent in clear
+    assert not any((u := udp_of(f)) and u[3] == 4789 for f in capture.frames())
+    nsexec(h1.ns, sys.executable, "-m", "dataplane.tunnel", "--cleanup", check=True, cwd=REPO)
+    nsexec(h1.ns, sys.executable, "-m", "dataplane.tunnel", "--cleanup", check=True, cwd=REPO)  # idempotent
+    assert "pyweave_tunnel" not in nsexec(h1.ns, "nft", "list", "tables").stdout
+    assert "0x7077" not in ip(h1.ns, "rule", "show")
+
+
+def test_sighup_reload_adds_a_peer(pair):
+    hosts, switch, publics = pair
+    h1, h2 = hosts
+    h1.write_config([], publics)
+    h2.write_config([h1], publics)
+    h1.start()
+    h2.start()
+    assert not pings(h1.ns, h2.overlay)
+    wait_for(lambda: h1.stats()["tunnel"]["no_peer"] >= 1, what="no_peer counted")
+    h1.write_config([h2], publics)
+    assert h1.proc is not None
+    h1.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: h2.address in h1.stats()["peers"], what="reloaded peers")
+    assert pings(h1.ns, h2.overlay) and pings(h2.ns, h1.overlay)
