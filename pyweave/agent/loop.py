@@ -28,8 +28,8 @@ from pyweave.agent.lease import LeaseKeeper
 from pyweave.agent.prober import Prober
 from pyweave.agent.publisher import Publisher
 from pyweave.agent.router import Router
-from pyweave.agent.tunnel import TunnelKeeper, TunnelPaths
 from pyweave.agent.stats import AgentStats
+from pyweave.agent.tunnel import TunnelKeeper, TunnelPaths
 from pyweave.backoff import Backoff
 from pyweave.containers import ContainerError, ContainerInfo, ContainerRuntime
 from pyweave.dns import SERVICE_ADDRESS, DnsIndex, DnsService
