@@ -69,6 +69,13 @@ class IpamOps:
                     f"this cluster uses {label} {getattr(have, field_name)}, not {getattr(wanted, field_name)}; "
                     f"launch with {label} {getattr(have, field_name)} (or leave it out)"
                 )
+        # A cluster is encrypted or not as a whole (docs/encryption.md), from its first host on.
+        if have.encrypted and not wanted.encrypted:
+            raise ClusterError("the cluster is encrypted: launch with the cluster's secret "
+                               "(--password, $PYWEAVE_PASSWORD or --password-file)")
+        if wanted.encrypted and not have.encrypted:
+            raise ClusterError("the cluster is not encrypted: launch without --password (a cluster is "
+                               "encrypted as a whole, from its first host)")
         return have
 
     def allocate(self, host: str, container: str, subnet: OverlaySubnet) -> OverlayAddress:

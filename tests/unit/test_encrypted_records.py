@@ -30,3 +30,19 @@ def test_the_configs_encrypted_flag_round_trips_and_must_be_a_boolean():
     assert parse_config(json.loads(encode(on))) == on
     with pytest.raises(Bad):
         parse_config({**json.loads(encode(on)), "encrypted": "yes"})
+
+
+def test_a_host_cannot_mix_an_encrypted_and_a_plain_cluster():
+    from store.cluster import Cluster
+    from store.errors import ClusterError
+    from store.memory import MemoryStore
+
+    raw = MemoryStore()
+    assert Cluster(raw).ensure_config(ClusterConfig(encrypted=True)).encrypted
+    assert Cluster(raw).ensure_config(ClusterConfig(encrypted=True)).encrypted
+    with pytest.raises(ClusterError, match="the cluster is encrypted: launch with the cluster's secret"):
+        Cluster(raw).ensure_config(ClusterConfig())
+    plain = MemoryStore()
+    Cluster(plain).ensure_config(ClusterConfig())
+    with pytest.raises(ClusterError, match="the cluster is not encrypted: launch without --password"):
+        Cluster(plain).ensure_config(ClusterConfig(encrypted=True))
