@@ -10,7 +10,9 @@ into its own TUN device: its kernel sees the VXLAN packet arrive, as if from the
 
 Kernel objects it owns, in the namespace it runs in; made idempotently at start, removed at a clean
 exit (SIGTERM, SIGINT), and by `cleanup()` (or `--cleanup`) after a crash:
-- the TUN device `pwtun0` (not persistent: it vanishes with the process's file descriptors);
+- the device `pwtun0` (not persistent: it vanishes with the process's file descriptors): a TAP
+  device with NOARP and the fixed MAC TAP_MAC when offloads are on (see `open_tun` for why), else
+  a TUN device;
 - the nft table `inet pyweave_tunnel` (mark FWMARK on UDP to VXLAN_PORTS, output, type route);
 - the rule `fwmark FWMARK lookup ROUTE_TABLE` (priority RULE_PRIORITY) and, in ROUTE_TABLE, the
   route `default dev pwtun0` and a blackhole default with a higher metric: after a crash the TUN
@@ -19,12 +21,12 @@ exit (SIGTERM, SIGINT), and by `cleanup()` (or `--cleanup`) after a crash:
   filter refuses everything): the packets it delivers come from peers' underlay addresses, whose
   reverse route is the underlay interface.
 
-Speed (bench/tunnel_speed.py): with `offload` (the default), the TUN device has IFF_VNET_HDR and
+Speed (bench/tunnel_speed.py): with `offload` (the default), the device has IFF_VNET_HDR and
 TUNSETOFFLOAD with checksum, TSO and UDP-tunnel GSO, so the kernel hands over whole VXLAN
-super-packets (up to 64 KB of the inner TCP stream) with a virtio_net_hdr in front. The header and
-the packet are sealed as one message and sent as one UDP datagram (fragmented by IP on the
-underlay); the receiver writes header and packet back as they came, and its kernel takes the
-super-packet as it would from a virtio NIC. A Python tunnel is bound by system calls per packet,
+super-packets (up to 64 KB of the inner TCP stream) with a virtio_net_hdr_v1_hash_tunnel (24 bytes)
+and an Ethernet header in front. Header, frame and packet are sealed as one message and sent as one
+UDP datagram (fragmented by IP on the underlay); the receiver writes them back as they came, and its
+kernel takes the super-packet as it would from a virtio NIC. Both ends must run the same mode. A Python tunnel is bound by system calls per packet,
 not by the cipher (AES-GCM seals 64 KB in about 30 µs), so fewer, larger packets is what counts.
 
 Config (JSON, re-read on SIGHUP; the agent replaces it atomically):
@@ -85,6 +87,8 @@ TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN = 0x0001
+IFF_TAP = 0x0002
+IFF_NOARP = 0x80
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_MULTI_QUEUE = 0x0100
@@ -98,6 +102,10 @@ OFFLOADS = (
 # With UDP-tunnel GSO the kernel uses the longest virtio header (virtio_net_hdr_v1_hash_tunnel:
 # 12 + hash 8 + outer/inner offsets 4); the header is opaque here, sealed and written back as it is.
 VNET_HDR_SIZE = 24
+# The TAP device's MAC, the same on every host: with NOARP, the kernel addresses every frame to the
+# device's own MAC, which is then also the peer's, so frames are written back unchanged.
+TAP_MAC = "02:70:77:00:00:01"
+ETH_HLEN = 14
 
 
 class TunnelError(Exception):
@@ -152,11 +160,16 @@ def load_config(path: str) -> Config:
 
 # -- kernel plumbing -------------------------------------------------------------------------------
 def open_tun(*, offload: bool, multi_queue: bool = False) -> tuple[int, bool]:
-    """A queue of the TUN device TUN_NAME (made if missing); (fd, whether offloads are on).
+    """A queue of the device TUN_NAME (made if missing); (fd, whether offloads are on).
 
-    Offloads that the kernel refuses fall back to plain packets (one per read)."""
+    With offloads it is a TAP device (Ethernet frames, NOARP, TAP_MAC), else a TUN device (IP
+    packets). Why TAP: the kernel validates a written UDP-tunnel GSO packet as if it had an Ethernet
+    header (virtio_net_hdr_tnl_to_skb: outer transport offset >= ETH_HLEN + 20), so on a TUN device
+    it can read such super-packets but refuses them when written back. Offloads that the kernel
+    refuses fall back to plain IP packets (one per read)."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0) | (IFF_MULTI_QUEUE if multi_queue else 0)
+    kind = (IFF_TAP | IFF_VNET_HDR) if offload else IFF_TUN
+    flags = kind | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", TUN_NAME.encode(), flags))
         if offload:
@@ -203,7 +216,7 @@ def _our_rules(ipr: IPRoute) -> list:
     ]
 
 
-def setup_kernel() -> None:
+def setup_kernel(*, tap: bool = False) -> None:
     """Route, blackhole, rule, rp_filter and nft table for the TUN device (which must exist);
     idempotent. The marking comes last, once the route is there."""
     with IPRoute() as ipr:
@@ -211,6 +224,8 @@ def setup_kernel() -> None:
         if not found:
             raise TunnelError(f"{TUN_NAME} is missing")
         idx = found[0]
+        if tap:
+            ipr.link("set", index=idx, address=TAP_MAC, flags=IFF_NOARP, change=IFF_NOARP)
         _sysctl(f"net/ipv6/conf/{TUN_NAME}/disable_ipv6", "1")
         _sysctl(f"net/ipv4/conf/{TUN_NAME}/rp_filter", "2")
         ipr.link("set", index=idx, mtu=TUN_MTU, state="up")
@@ -289,9 +304,9 @@ class Tunnel:
     # -- setup ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.tun, offload = open_tun(offload=self.config.offload)
-        self.hdr = VNET_HDR_SIZE if offload else 0
+        self.hdr = VNET_HDR_SIZE + ETH_HLEN if offload else 0  # what precedes the IP header
         try:
-            setup_kernel()
+            setup_kernel(tap=offload)
             self._open_socket()
             self._apply_peers()
         except BaseException:
@@ -420,8 +435,10 @@ class Tunnel:
             for p in packets:
                 try:
                     os.write(tun, p)
-                except OSError:
+                except OSError as err:
                     self.counters["write_errors"] += 1
+                    if self.counters["write_errors"] <= 5:
+                        log.info("TUN refused a packet of %d bytes (%s): %s", len(p), err, p[:self.hdr + 60].hex())
             if replies:
                 self._send(replies, source)
 

@@ -149,13 +149,13 @@ class Capture:
 
     def __init__(self, switch: str, path: Path) -> None:
         self.path = path
-        self.proc = subprocess.Popen(["ip", "netns", "exec", switch, "tcpdump", "-i", "p1", "-U", "-n", "-s", "0",
+        self.proc = subprocess.Popen(["ip", "netns", "exec", switch, "tcpdump", "-i", "p1", "-U", "--immediate-mode", "-n", "-s", "0",
                                       "-w", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_for(lambda: path.exists() and path.stat().st_size >= 24, what="tcpdump")
-        time.sleep(0.2)
+        time.sleep(1.0)
 
     def frames(self) -> list[bytes]:
-        time.sleep(0.3)
+        time.sleep(1.0)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(10)
         data = self.path.read_bytes()
@@ -209,8 +209,9 @@ def test_forged_and_replayed_datagrams_change_nothing_and_are_counted(pair, tmp_
     hosts, switch, publics = pair
     h1, h2 = hosts
     start_all(hosts, publics)
+    assert pings(h1.ns, h2.overlay)  # the session is up
     capture = Capture(switch, tmp_path / "cap.pcap")
-    send_udp(h1.ns, h1.overlay, h2.overlay, 9999, MARKER)
+    send_udp(h1.ns, h1.overlay, h2.overlay, 9999, MARKER, count=3)
     frames = capture.frames()
     sealed = [u[4] for f in frames if (u := udp_of(f)) and u[0] == h1.address and u[3] == 6783]
     assert sealed
