@@ -56,7 +56,8 @@ class HostConfig:
     name: str
     vtep_mac: str
     store: list[str] = field(default_factory=list)
-    embedded_etcd: bool = False
+    embedded_etcd: bool = False  # this host runs a member of the embedded store
+    store_members: int = 1  # members the embedded store forms itself with; 0: a store of the user's own
     address: str | None = None  # underlay address; None = found at agent start
     mtu: int | None = None  # overlay MTU override
     lease_ttl: int = 10
@@ -90,6 +91,11 @@ class HostState:
     @property
     def etcd_pid_path(self) -> Path:
         return self.dir / "etcd.pid"
+
+    @property
+    def etcd_hold_path(self) -> Path:
+        """While this file exists, the agent's supervisor leaves the embedded etcd down (maintenance)."""
+        return self.dir / "etcd.hold"
 
     @property
     def lease_path(self) -> Path:

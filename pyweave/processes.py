@@ -4,6 +4,7 @@ host's state directory, stopped with SIGTERM and then SIGKILL (`pyweave.host.sto
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -19,31 +20,43 @@ class ProcessError(Exception):
     """A process could not be started; the message says why and what to do."""
 
 
-def start_embedded_etcd(state: HostState, config: HostConfig, address: str) -> None:
-    """A single-member etcd on this host's underlay address (and loopback), data in the state dir."""
-    if state.etcd_pid() is not None:
-        return
+def start_embedded_etcd(
+    state: HostState, config: HostConfig, address: str, *, initial_cluster: str | None = None,
+) -> subprocess.Popen | None:
+    """This host's etcd member on its underlay address (and loopback), data in the state dir.
+
+    The first host starts a one-member cluster; a host joining as a learner gives `initial_cluster`
+    (`name=peerURL,...`, itself included) and starts with state `existing`. A restart (data dir
+    present) needs neither: etcd reads its membership from its WAL. Starting is serialised by a lock
+    file, so the agent's supervisor and a `pyweave launch` never start two; returns the process when
+    this call started one (its parent must reap it), None when one was running already."""
     etcd = shutil.which("etcd")
     if etcd is None:
         raise ProcessError("the etcd binary is not on PATH; install etcd-server (apt-get install etcd-server) or use --store")
-    fresh = not (state.etcd_dir / "member").exists()
-    args = [
-        etcd,
-        "--name", config.name,
-        "--data-dir", str(state.etcd_dir),
-        "--listen-client-urls", f"http://{address}:2379,http://127.0.0.1:2379",
-        "--advertise-client-urls", f"http://{address}:2379",
-        "--listen-peer-urls", f"http://{address}:2380",
-        "--initial-advertise-peer-urls", f"http://{address}:2380",
-        "--initial-cluster", f"{config.name}=http://{address}:2380",
-        "--initial-cluster-state", "new" if fresh else "existing",
-        "--auto-compaction-mode", "revision",
-        "--auto-compaction-retention", "10000",
-        "--log-level", "warn",
-    ]
-    with open(state.dir / "etcd.log", "ab") as log:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    state.etcd_pid_path.write_text(str(proc.pid))
+    state.dir.mkdir(parents=True, exist_ok=True)
+    with open(state.dir / "etcd.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if state.etcd_pid() is not None:
+            return None
+        fresh = not (state.etcd_dir / "member").exists()
+        args = [
+            etcd,
+            "--name", config.name,
+            "--data-dir", str(state.etcd_dir),
+            "--listen-client-urls", f"http://{address}:2379,http://127.0.0.1:2379",
+            "--advertise-client-urls", f"http://{address}:2379",
+            "--listen-peer-urls", f"http://{address}:2380",
+            "--initial-advertise-peer-urls", f"http://{address}:2380",
+            "--initial-cluster", initial_cluster or f"{config.name}=http://{address}:2380",
+            "--initial-cluster-state", "new" if fresh and initial_cluster is None else "existing",
+            "--auto-compaction-mode", "revision",
+            "--auto-compaction-retention", "10000",
+            "--log-level", "warn",
+        ]
+        with open(state.dir / "etcd.log", "ab") as log:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        state.etcd_pid_path.write_text(str(proc.pid))
+        return proc
 
 
 def start_agent(state: HostState, *, timeout: float = AGENT_START_TIMEOUT) -> int:

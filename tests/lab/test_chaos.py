@@ -52,7 +52,9 @@ class Chaos:
 @pytest.fixture(scope="module")
 def chaos():
     with Lab(3) as lab:
-        assert lab.pyweave(0, "launch").returncode == 0
+        # One store member, on h1: these scenarios are about losing the store (issue 13's
+        # self-forming 3-member store is tested in test_store_ha.py).
+        assert lab.pyweave(0, "launch", "--store-members", "1").returncode == 0
         for i in (1, 2):
             r = lab.pyweave(i, "launch", lab.hosts[0].address)
             assert r.returncode == 0, r.stderr
@@ -112,7 +114,9 @@ def test_1_etcd_outage_loses_no_ping_agents_back_off_cli_fails_fast(chaos):
     etcd_pid = int((lab.state_dir(0) / "etcd.pid").read_text())
     argv = cmdline(etcd_pid)
     ping_run = pinger(chaos.c[0], f"{NET}.2", 250)  # 50 s at 5/s
+    hold = lab.state_dir(0) / "etcd.hold"
     try:
+        hold.touch()  # the agent's supervisor would restart etcd within seconds (issue 13): not now
         os.kill(etcd_pid, signal.SIGTERM)
         wait_for(lambda: not pid_alive(etcd_pid), timeout=10, message="etcd to stop")
         down_at = time.monotonic()
@@ -140,6 +144,7 @@ def test_1_etcd_outage_loses_no_ping_agents_back_off_cli_fails_fast(chaos):
         apply_seconds = time.monotonic() - written
         out, _ = ping_run.communicate(timeout=90)
     finally:
+        hold.unlink(missing_ok=True)
         ping_run.kill()
     sent, received = ping_loss(out)
     assert sent == received, out
