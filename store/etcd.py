@@ -73,9 +73,24 @@ class EtcdStore:
             # may still pass gRPC's default 4 MB limit on a big cluster.
             ("grpc.max_receive_message_length", 64 << 20),
         ]
+        self._opts = opts
         eps = [pyetcd.Endpoint(*parse_endpoint(u), secure=False, time_retry=0.2, opts=opts) for u in self.endpoints]
         self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
         self._lock = threading.Lock()
+
+    def add_endpoints(self, urls: Sequence[str]) -> None:
+        """Fail over to these endpoints too (members that joined the cluster since). The client's
+        table is replaced, never changed in place: another thread may be walking it."""
+        new = [u for u in normalise_endpoints(urls) if u not in self.endpoints]
+        if not new:
+            return
+        eps = {}
+        for url in new:
+            ep = pyetcd.Endpoint(*parse_endpoint(url), secure=False, time_retry=0.2, opts=self._opts)
+            eps[ep.netloc] = ep
+        with self._lock:
+            self._client.endpoints = {**self._client.endpoints, **eps}
+            self.endpoints = self.endpoints + new
 
     def _call(self, fn: Callable, *args, **kwargs):
         # With failover the client moves to another endpoint only when asked again, so a failed

@@ -12,6 +12,7 @@ timed out) moves to the next one, and when all fail it raises `StoreUnavailable`
 from __future__ import annotations
 
 import base64
+import builtins
 import http.client
 import json
 import logging
@@ -24,6 +25,8 @@ from store.errors import Compacted, StoreError, StoreUnavailable
 from store.raw import Change, KeyValue, WatchBatch, WatchCallback, normalise_endpoints
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 1.0
 
 
 def _b64(data: str | bytes) -> str:
@@ -67,8 +70,14 @@ class HttpStore:
         for i in range(n):
             index = (self._preferred + i) % n
             url = urlsplit(self.endpoints[index])
-            conn = http.client.HTTPConnection(url.hostname or "", url.port or 2379, timeout=self.timeout)
+            # A dead member (its host gone) does not refuse: connecting hangs. Give up on it sooner
+            # than on a slow answer, and move to the next member.
+            conn = http.client.HTTPConnection(url.hostname or "", url.port or 2379,
+                                              timeout=min(self.timeout, CONNECT_TIMEOUT))
             try:
+                conn.connect()
+                if conn.sock is not None:
+                    conn.sock.settimeout(self.timeout)
                 conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 data = json.loads(resp.read() or b"{}")
@@ -199,6 +208,33 @@ class HttpStore:
                 pass
 
         return cancel
+
+    # -- membership (the embedded store forming itself: pyweave.agent.membership) ---------------
+    def members(self) -> builtins.list[dict]:
+        """The cluster's members as etcd lists them: {"ID", "name", "peerURLs", "clientURLs",
+        "isLearner"} (a member added but not started yet has no name and no client URLs)."""
+        return list(self._post("/v3/cluster/member/list", {}).get("members", []))
+
+    def member_add(self, peer_urls: Sequence[str], *, learner: bool = True) -> dict:
+        """Add a member (a learner by default); returns {"member": {...}, "members": [...]}."""
+        return self._post("/v3/cluster/member/add", {"peerURLs": list(peer_urls), "isLearner": learner})
+
+    def member_promote(self, member_id: str) -> None:
+        """Make a learner a voting member; etcd refuses while it has not caught up with the leader
+        (StoreError "... in sync with leader"), and without quorum."""
+        self._post("/v3/cluster/member/promote", {"ID": str(member_id)})
+
+    def member_remove(self, member_id: str) -> None:
+        self._post("/v3/cluster/member/remove", {"ID": str(member_id)})
+
+    def endpoint_status(self, endpoint: str, *, timeout: float = 0.5) -> dict | None:
+        """One member's own view (/v3/maintenance/status: its ID, the leader's ID, revision, raft
+        index, errors), or None when it does not answer within timeout."""
+        one = HttpStore([endpoint], timeout=timeout)
+        try:
+            return one._post("/v3/maintenance/status", {})
+        except StoreError:
+            return None
 
     def close(self) -> None:
         pass

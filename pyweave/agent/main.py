@@ -47,6 +47,22 @@ def start_dns(agent: Agent) -> None:
         log.error("dns not started: %s", err)
 
 
+def start_join_endpoint(agent: Agent) -> None:
+    """The join endpoint (`pyweave.join`): what a host launched with this host's address needs."""
+    from pyweave import join
+
+    config = agent.config
+
+    def info() -> dict:
+        return {"name": config.name, "store": list(config.store), "store_members": config.store_members}
+
+    try:
+        join.serve(info, agent.underlay.address)
+        log.info("join endpoint serving address=%s port=%d", agent.underlay.address, join.JOIN_PORT)
+    except OSError as err:
+        log.error("join endpoint not started: %s", err)
+
+
 def main() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_KeyValueFormatter())
@@ -65,6 +81,17 @@ def main() -> None:
         from pyweave.metrics import serve
 
         serve(agent.stats, agent.watcher, address=config.metrics_addr, port=config.metrics_port)
+
+    start_join_endpoint(agent)
+    # Always, not only on the first host: a host may become a store member while it runs.
+    from pyweave.agent.supervisor import EtcdSupervisor
+
+    EtcdSupervisor(state, config, agent.underlay.address, agent.stop_event).start()
+    if config.store_members > 0:
+        from pyweave.agent.membership import StoreMembership
+
+        StoreMembership(state, config, agent.underlay.address, agent.stop_event,
+                        lease=lambda: agent.lease, on_endpoints=agent.raw.add_endpoints).start()
 
     agent_pid = os.getpid()
 

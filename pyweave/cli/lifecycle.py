@@ -30,6 +30,34 @@ def _ipalloc_config(rng: str, default: str, grace: float) -> ClusterConfig:
 
 
 _STORE_CHECK = option_check(inputs.store_endpoints)
+DEFAULT_STORE_MEMBERS = 3
+
+
+def _check_store_members(value: Optional[int]) -> Optional[int]:
+    if value is not None and value not in (1, 3, 5, 7):
+        raise typer.BadParameter(f"{value} is not 1, 3, 5 or 7: an etcd cluster needs an odd number of members "
+                                 f"(an even one tolerates no more failures than one member less)")
+    return value
+
+
+def _ask_peer(peer: str, endpoint: str) -> tuple[list[str], int]:
+    """The store as PEER's join endpoint describes it (any launched host answers, `pyweave.join`):
+    its client URLs and the embedded store's member target. A PEER with no join endpoint (an etcd of
+    the user's own, given as PEER) is the store itself: ([endpoint], 0)."""
+    from pyweave import join
+
+    host = urlsplit(endpoint).hostname or peer
+    try:
+        reply = join.ask(host)
+    except join.JoinError as err:
+        fail(f"{peer}: {err}; is pyweave launched there?")
+    if reply is None:
+        return [endpoint], 0
+    try:
+        urls = inputs.store_endpoints(",".join(reply["store"]), what=f"the store named by {peer}: ")
+    except inputs.InputError as err:
+        fail(str(err))
+    return urls, reply["store_members"]
 
 
 @app.command()
@@ -58,6 +86,8 @@ def launch(
                                      callback=option_check(inputs.metrics_port)),
     metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr", help="Address the metrics listen on (0.0.0.0: all).",
                                      callback=option_check(inputs.metrics_addr)),
+    store_members: Optional[int] = typer.Option(None, "--store-members", help="etcd members the embedded store forms itself with: 1, 3, 5 or 7 (default 3; the first host sets it).",
+                                                callback=_check_store_members),
 ) -> None:
     """Start this host's agent and join the cluster.
 
@@ -71,6 +101,7 @@ def launch(
     state = HostState()
     running = state.agent_pid()
     if running is not None:
+        _revive_store_member(state)
         fail(f"pyweave is already running on this host (agent pid {running}); `pyweave stop` first", EXIT_RUNNING)
     config = state.load_or_create(name=name)
     try:
@@ -91,13 +122,18 @@ def launch(
     for overlap in host_overlaps(rng):
         # Weave refuses a range that overlaps a route of the host: containers could not reach it.
         fail(f"the address range {rng} overlaps {overlap.describe()}; choose another with --ipalloc-range")
+    members = config.store_members
     if store:
-        endpoints, embedded = inputs.store_endpoints(store), False
+        endpoints, embedded, members = inputs.store_endpoints(store), False, 0
     elif peer:
         endpoints, embedded = inputs.store_endpoints(peer), False
         if any(urlsplit(e).hostname == underlay.address and urlsplit(e).port == 2379 for e in endpoints):
             fail(f"{peer} is this host's own address; on the first host run `pyweave launch` with no peer")
-    elif not config.store or config.embedded_etcd:
+        endpoints, members = _ask_peer(peer, endpoints[0])
+    elif not config.store:
+        endpoints, embedded = [f"http://{underlay.address}:2379"], True
+        members = store_members or DEFAULT_STORE_MEMBERS
+    elif config.embedded_etcd:
         endpoints, embedded = [f"http://{underlay.address}:2379"], True
     else:
         endpoints, embedded = config.store, False
@@ -111,9 +147,29 @@ def launch(
     config.metrics_port = metrics_port
     config.metrics_addr = inputs.metrics_addr(metrics_addr)
     config.dns_domain = inputs.dns_domain(dns_domain)
-    config.store, config.embedded_etcd = endpoints, embedded
+    config.store, config.embedded_etcd, config.store_members = endpoints, embedded, members
     _start_or_roll_back(state, config, wanted, underlay.address)
     typer.echo(config.name)
+
+
+def _revive_store_member(state: HostState) -> None:
+    """The agent runs, but this host's etcd member may be down (and its supervisor waiting out a
+    backoff): start it now, wait until the store answers, and end the launch there (exit 0)."""
+    from pyweave.processes import ProcessError, start_embedded_etcd
+
+    config = state.load()
+    if config is None or not config.embedded_etcd or state.etcd_pid() is not None:
+        return
+    if not (state.etcd_dir / "member").exists() or not config.address:
+        return
+    try:
+        start_embedded_etcd(state, config, config.address)
+    except ProcessError as err:
+        fail(str(err))
+    wait_store(open_store([f"http://{config.address}:2379"]), 30.0, "this host's store member")
+    say(f"pyweave is running on this host (agent pid {state.agent_pid()}); its store member was down: restarted it")
+    typer.echo(config.name)
+    raise typer.Exit(0)
 
 
 def _check_metrics_listen(addr: str, port: int, *, embedded: bool) -> None:

@@ -1,0 +1,171 @@
+"""The embedded store forming itself (issue 13, item 2): a thread of the agent's process.
+
+With the embedded store (`HostConfig.store_members` N > 0, set by the first host's `launch`), the
+first N hosts become etcd members, the way k3s's servers join (docs/store.md):
+
+1. Every `interval` seconds, each agent lists the members. A host that is no member while the
+   cluster has fewer than N members (learners counted) tries to take the join lock: the key
+   `JOIN_LOCK` created only if absent, bound to the host's lease (it goes when the host dies). One
+   join at a time, so never "too many learner members".
+2. Holding it, the host lists again, removes any learner it finds (only a lock holder makes one,
+   and it promotes it before letting go: a learner seen under the lock is a dead joiner's), adds
+   itself as a learner, and starts its etcd with `initial-cluster-state=existing`. A learner does
+   not count for quorum: adding one never endangers the cluster.
+3. It asks for its own promotion until etcd agrees (etcd refuses until the learner has caught up
+   with the leader); then lets the lock go. No promotion within `PROMOTE_TIMEOUT`: it removes
+   itself, stops its etcd, and stays a client (a later pass tries again).
+
+Every pass also refreshes the host's view of the store: the client URLs of the voting members,
+those that answer first (this host's own first when it is one), saved in its configuration (which
+the CLI reads) and added to the agent's client for failover (`on_endpoints`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable
+
+from pyweave.host import HostConfig, HostState, stop_process
+from store.errors import StoreError
+from store.http import HttpStore
+
+log = logging.getLogger("pyweave.agent.membership")
+
+JOIN_LOCK = "/pyweave/store/v1/join"
+PROMOTE_TIMEOUT = 60.0
+
+
+class StoreMembership:
+    def __init__(
+        self, state: HostState, config: HostConfig, address: str, stop: threading.Event, *,
+        lease: Callable[[], int], on_endpoints: Callable[[list[str]], None], interval: float = 2.0,
+    ) -> None:
+        self.state = state
+        self.config = config
+        self.address = address
+        self.stop = stop
+        self.lease = lease
+        self.on_endpoints = on_endpoints
+        self.interval = interval
+        self.peer_url = f"http://{address}:2380"
+        self.client_url = f"http://{address}:2379"
+        self.health: dict[str, bool] = {}
+        self._children: list = []  # etcd processes started here: reaped when they end
+
+    # -- a pass --------------------------------------------------------------------------------
+    def _store(self) -> HttpStore:
+        return HttpStore(self.config.store, timeout=2.0)
+
+    def _mine(self, member: dict) -> bool:
+        return self.peer_url in member.get("peerURLs", []) or member.get("name") == self.config.name
+
+    def check(self) -> None:
+        self._children = [c for c in self._children if c.poll() is None]
+        if self.config.store_members <= 0:
+            return  # a store of the user's own: not ours to form
+        store = self._store()
+        members = store.members()
+        self.refresh(store, members)
+        if any(self._mine(m) for m in members) or self.config.embedded_etcd:
+            return
+        if len(members) >= self.config.store_members or shutil.which("etcd") is None:
+            return
+        lease = self.lease()
+        if not lease:
+            return
+        if not store.create(JOIN_LOCK, json.dumps({"host": self.config.name, "since": time.time()}).encode(), lease=lease):
+            return
+        try:
+            self.join(store)
+        finally:
+            store.delete(JOIN_LOCK)
+        self.refresh(self._store(), self._store().members())
+
+    def refresh(self, store: HttpStore, members: list[dict]) -> None:
+        """Keep this host's list of the store's client URLs as the members are: healthy first."""
+        urls = [u for m in members if not m.get("isLearner") for u in m.get("clientURLs", [])[:1]]
+        if not urls:
+            return
+        health = {u: store.endpoint_status(u) is not None for u in urls}
+        self.health = health
+        ordered = sorted(urls, key=lambda u: (not health[u], u != self.client_url, urls.index(u)))
+        if ordered != self.config.store:
+            added = [u for u in ordered if u not in self.config.store]
+            self.config.store = ordered
+            self.state.save(self.config)
+            if added:
+                log.info("store endpoints now %s", ",".join(ordered))
+                self.on_endpoints(ordered)
+
+    def join(self, store: HttpStore) -> None:
+        from pyweave.processes import start_embedded_etcd
+
+        members = store.members()
+        if len(members) >= self.config.store_members and not any(m.get("isLearner") for m in members):
+            return
+        for m in members:
+            if m.get("isLearner") and not self._mine(m):
+                log.warning("removing learner %s (%s): a join that did not finish", m["ID"], m.get("peerURLs"))
+                store.member_remove(m["ID"])
+        members = [m for m in store.members() if not m.get("isLearner")]
+        if len(members) >= self.config.store_members:
+            return
+        added = store.member_add([self.peer_url], learner=True)
+        my_id = added["member"]["ID"]
+        initial = [f"{m['name']}={m['peerURLs'][0]}" for m in added["members"] if m.get("name") and m["ID"] != my_id]
+        initial.append(f"{self.config.name}={self.peer_url}")
+        log.info("joining the store as learner %s (cluster %s)", my_id, ",".join(initial))
+        shutil.rmtree(self.state.etcd_dir, ignore_errors=True)
+        self.config.embedded_etcd = True
+        self.state.save(self.config)
+        try:
+            child = start_embedded_etcd(self.state, self.config, self.address, initial_cluster=",".join(initial))
+            if child is not None:
+                self._children.append(child)
+            started = time.monotonic()
+            deadline = started + PROMOTE_TIMEOUT
+            while True:
+                try:
+                    store.member_promote(my_id)
+                    log.info("promoted to a voting member of the store in %.1f s", time.monotonic() - started)
+                    return
+                except StoreError as err:
+                    if time.monotonic() > deadline or self.stop.is_set():
+                        raise
+                    log.debug("not promoted yet: %s", err)
+                self.stop.wait(0.3)
+        except BaseException as err:
+            log.error("joining the store failed, staying a client: %s", err)
+            self.config.embedded_etcd = False
+            self.state.save(self.config)
+            pid = self.state.etcd_pid()
+            if pid is not None:
+                stop_process(pid, timeout=5.0)
+            try:
+                store.member_remove(my_id)
+            except StoreError as remove_err:
+                log.error("could not remove learner %s: %s", my_id, remove_err)
+            shutil.rmtree(self.state.etcd_dir, ignore_errors=True)
+            if not isinstance(err, Exception):
+                raise
+
+    # -- the thread ----------------------------------------------------------------------------
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.check()
+            except StoreError as err:
+                log.debug("store membership pass failed, will retry: %s", err)
+            except Exception:  # noqa: BLE001 - the thread must outlive one bad pass
+                log.exception("store membership pass crashed")
+            self.stop.wait(self.interval * random.uniform(0.75, 1.25))
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="store-membership", daemon=True)
+        thread.start()
+        return thread
