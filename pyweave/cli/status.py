@@ -47,6 +47,7 @@ def _gather_status(ctx: Context) -> tuple[dict, bool]:
         data["store"]["error"] = str(err)
         return data, False
     data["store"].update(reachable=True, revision=revision)
+    data["store"].update(_gather_store_members(ctx.raw))
     me = state.hosts.get(ctx.me) or state.members.get(ctx.me)
     data["host"]["mtu"] = me.mtu if me else (ctx.config.mtu or None)
     if data["host"]["mtu"] is None:
@@ -65,6 +66,32 @@ def _gather_status(ctx: Context) -> tuple[dict, bool]:
     data["problems"] = [{"key": k, "problem": p} for k, p in sorted(problems)]
     data["connections"] = _gather_connections(state, ctx.me) or []
     return data, True
+
+
+def _gather_store_members(raw) -> dict:
+    """The store's members (issue 13): each one's name, URLs, whether it is a learner, the leader,
+    and whether it answers (its own status, asked of every member at once, 0.5 s at most)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        members = raw.members()
+    except (StoreError, AttributeError):
+        return {}
+    urls = [(m.get("clientURLs") or [None])[0] for m in members]
+    with ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
+        statuses = list(pool.map(lambda u: raw.endpoint_status(u) if u else None, urls))
+    leader_ids = {st.get("leader") for st in statuses if st and st.get("leader") not in (None, "0")}
+    leader_id = next(iter(leader_ids)) if len(leader_ids) == 1 else None
+    rows = []
+    for m, url, st in zip(members, urls, statuses):
+        rows.append({
+            "id": m.get("ID"), "name": m.get("name") or None, "client_url": url,
+            "peer_urls": m.get("peerURLs", []), "learner": bool(m.get("isLearner")),
+            "leader": m.get("ID") == leader_id, "healthy": bool(st) and not (st or {}).get("errors"),
+        })
+    rows.sort(key=lambda r: (r["learner"], r["name"] or ""))
+    leader = next((r["name"] for r in rows if r["leader"]), None)
+    return {"members": rows, "leader": leader, "learners": [r["name"] or r["peer_urls"] for r in rows if r["learner"]]}
 
 
 def _section(title: str, rows: list[tuple[str, object]]) -> list[str]:
@@ -104,6 +131,16 @@ def _render_status(data: dict) -> str:
     rows: list[tuple[str, object]] = [("Endpoints", ",".join(store["endpoints"])), ("Status", reach)]
     if store["reachable"]:
         rows.append(("Revision", store["revision"]))
+        members = store.get("members") or []
+        if members:
+            voting = [m for m in members if not m["learner"]]
+            healthy = sum(1 for m in voting if m["healthy"])
+            rows.append(("Members", f"{len(voting)} voting ({healthy} healthy), {len(members) - len(voting)} learner(s); "
+                                    f"leader {store.get('leader') or 'none'}"))
+            for m in members:
+                role = "learner" if m["learner"] else ("leader" if m["leader"] else "voter")
+                rows.append(("Member", f"{m['name'] or '(not started)'} {m['client_url'] or ''} {role} "
+                                       f"{'healthy' if m['healthy'] else 'UNHEALTHY'}"))
         rows.append(("Problems", len(data["problems"])))
     lines += _section("store", rows)
     for p in data["problems"]:
