@@ -65,7 +65,7 @@ CLI_REQUESTS = 1  # `pyweave run` claims the address and writes the attachment i
 CORES = len(os.sched_getaffinity(0))
 GROWTH_LIMIT = 1.25  # "does not grow": per-event CPU at the largest size within 25 % of the smallest
 TXN_OPS = 128  # etcd's default --max-txn-ops
-LEASE_TTL = 90  # long: hundreds of agents share two CPUs here, a real host has its own
+LEASE_TTL = 600  # long: hundreds of agents share two CPUs here, and start one after the other (kept alive only once started)
 RESYNC_INTERVAL = 3600.0  # the periodic full resync is a per-host cost; 200 of them on 2 CPUs would drown the burst
 RESERVE_S = 20.0  # of the run's time budget, kept for the teardown and the report
 MIN_START_S = 60.0  # a cluster size is not started with less of the budget left
@@ -611,9 +611,17 @@ def run(ctx: BenchContext) -> SectionResult:
     plan = [("clients", s.scale_client_hosts, c, s.scale_client_burst, s.scale_client_wait_s) for c in ("own", "shared")]
     plan += [("main", n, "own", s.scale_burst, waits[n]) for n in sizes]
     for series, n, client, burst, wait in plan:
-        if ctx.remaining() < MIN_START_S:
+        # What a size needs, scaled from the largest main size done (the work grows with the hosts):
+        # a size that cannot finish within what the budget leaves is skipped, not cut short.
+        done = [r for r in runs if r.series == "main" and not r.error and r.startup_s is not None]
+        need = MIN_START_S
+        if series == "main" and done:
+            ref = max(done, key=lambda r: r.hosts)
+            need = max(need, (ref.startup_s + ref.wait_s) * n / ref.hosts)
+        if ctx.remaining() - RESERVE_S < need:
             skipped = Run(n, client, n * s.scale_endpoints_per_host, min(burst, n * s.scale_endpoints_per_host), 0, series)
-            skipped.error = f"skipped: less than {MIN_START_S:.0f} s of the run's time budget left"
+            skipped.error = (f"skipped: the run's time budget leaves {max(0.0, ctx.remaining() - RESERVE_S):.0f} s, "
+                             f"this size needs about {need:.0f} s")
             ctx.say("scale", f"[{n} hosts, {client} client] {skipped.error}")
             runs.append(skipped)
             continue

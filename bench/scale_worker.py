@@ -103,8 +103,15 @@ class Worker:
         emit({"event": "registered", "pid": os.getpid()})
 
     def start(self) -> None:
+        """Start the agents one after the other, each once the one before has listed the store: a
+        real cluster's agents do not all list it in the same second, and 200 lists at once made
+        etcd time requests out, and every timed-out watch lists again (a herd the bench made)."""
+        threading.Thread(target=self._start, daemon=True).start()
+
+    def _start(self) -> None:
         for a in self.agents:
             threading.Thread(target=self._run_agent, args=(a,), name=f"agent-{a.me}", daemon=True).start()
+            a.watcher.wait_synced(timeout=30)
 
     def _run_agent(self, agent: TimedAgent) -> None:
         self._tids[agent.me] = threading.get_native_id()
