@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -55,8 +56,11 @@ class Janitor:
                 self.cluster.detach(self.me, cid, None)
 
     def release_unclaimed(self, state: ClusterState | ClusterView, revision: int, frozen_refs: set[str]) -> None:
-        wanted = {(str(cidr.network), str(cidr.ip)) for _ref, att in state.local_attachments(self.me) for cidr in att.cidrs}
-        for (subnet, ip), claim in state.claims_of(self.me).items():
+        # Read under the view's lock (the watch thread changes it meanwhile), then work on the copy.
+        with getattr(state, "lock", contextlib.nullcontext()):
+            wanted = {(str(cidr.network), str(cidr.ip)) for _ref, att in state.local_attachments(self.me) for cidr in att.cidrs}
+            mine = dict(state.claims_of(self.me))
+        for (subnet, ip), claim in mine.items():
             if claim.container in frozen_refs or (subnet, ip) in wanted:
                 continue
             key = keys.ip_claim_key(subnet, ip)

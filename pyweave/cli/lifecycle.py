@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from typing import Optional
 from urllib.parse import urlsplit
@@ -9,10 +10,12 @@ from urllib.parse import urlsplit
 import typer
 
 from dataplane.hostroutes import host_overlaps
+from pyweave.agent.tunnel import TunnelPaths, save_secret
 from pyweave.cli import inputs
 from pyweave.cli.base import EXIT_RUNNING, Context, app, fail, open_store, say
 from pyweave.cli.forms import AddressError, parse_subnet
 from pyweave.cli.inputs import option_check
+from pyweave.cli.secret import read_secret, wait_tunnel_peer
 from pyweave.cli.waiting import wait_store
 from pyweave.host import HostState, stop_process
 from store.records import DEFAULT_DEAD_HOST_GRACE, DEFAULT_IPALLOC_RANGE, ClusterConfig
@@ -86,6 +89,9 @@ def launch(
                                      callback=option_check(inputs.metrics_port)),
     metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr", help="Address the metrics listen on (0.0.0.0: all).",
                                      callback=option_check(inputs.metrics_addr)),
+    password: Optional[str] = typer.Option(None, "--password", envvar="PYWEAVE_PASSWORD", show_envvar=True,
+                                           help="The cluster's secret: encrypts every frame between hosts (the same on every host)."),
+    password_file: Optional[str] = typer.Option(None, "--password-file", help="Read the secret from this file instead."),
     store_members: Optional[int] = typer.Option(None, "--store-members", help="etcd members the embedded store forms itself with: 1, 3, 5 or 7 (default 3; the first host sets it).",
                                                 callback=_check_store_members),
 ) -> None:
@@ -103,6 +109,7 @@ def launch(
     if running is not None:
         _revive_store_member(state)
         fail(f"pyweave is already running on this host (agent pid {running}); `pyweave stop` first", EXIT_RUNNING)
+    secret = read_secret(password, password_file)
     config = state.load_or_create(name=name)
     try:
         inputs.host_name(config.name)
@@ -117,7 +124,10 @@ def launch(
             inputs.mtu_for_underlay(mtu, underlay.mtu, underlay.ifname)
         except inputs.InputError as err:
             fail(str(err))
+    if secret is None and config.encrypted and TunnelPaths(state).secret.exists():
+        secret = TunnelPaths(state).secret.read_bytes()  # launched again: the secret saved at the first launch
     wanted = _ipalloc_config(ipalloc_range, ipalloc_default_subnet or ipalloc_range, dead_host_grace)
+    wanted = dataclasses.replace(wanted, encrypted=secret is not None)
     rng = parse_subnet(wanted.ipalloc_range)
     for overlap in host_overlaps(rng):
         # Weave refuses a range that overlaps a route of the host: containers could not reach it.
@@ -148,7 +158,8 @@ def launch(
     config.metrics_addr = inputs.metrics_addr(metrics_addr)
     config.dns_domain = inputs.dns_domain(dns_domain)
     config.store, config.embedded_etcd, config.store_members = endpoints, embedded, members
-    _start_or_roll_back(state, config, wanted, underlay.address)
+    config.encrypted = secret is not None
+    _start_or_roll_back(state, config, wanted, underlay.address, secret=secret)
     typer.echo(config.name)
 
 
@@ -192,7 +203,7 @@ def _check_metrics_listen(addr: str, port: int, *, embedded: bool) -> None:
                  f"host's addresses, or 0.0.0.0")
 
 
-def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address: str) -> None:
+def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address: str, *, secret: bytes | None = None) -> None:
     """Save the configuration, start the embedded etcd (first host), reach the store, agree on the
     cluster's range, start the agent. If any step fails (or Ctrl-C), undo what this launch did: stop
     the etcd it started, and put the saved configuration back as it was (none, for a first launch),
@@ -205,8 +216,12 @@ def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address
     had_etcd_data = (state.etcd_dir / "member").exists()
     saved = state.config_path.read_bytes() if state.config_path.exists() else None
     etcd_running = state.etcd_pid() is not None
+    secret_path = TunnelPaths(state).secret
+    saved_secret = secret_path.read_bytes() if secret_path.exists() else None
     state.save(config)
     try:
+        if secret is not None:
+            save_secret(state, secret)
         if config.embedded_etcd:
             start_embedded_etcd(state, config, address)
         raw = open_store(config.store)
@@ -216,7 +231,15 @@ def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address
         except (StoreError, ClusterError) as err:
             fail(str(err))
         start_agent(state)
+        if secret is not None:
+            _check_secret(state, raw, config.name)
     except BaseException as err:
+        if secret is not None and state.agent_pid() is not None and isinstance(err, (typer.Exit, KeyboardInterrupt)):
+            _undo_agent(state, config.name)
+        if saved_secret is None:
+            secret_path.unlink(missing_ok=True)
+        elif saved_secret != secret:
+            save_secret(state, saved_secret)
         etcd_pid = state.etcd_pid()
         if etcd_pid is not None and not etcd_running:
             stop_process(etcd_pid, timeout=5.0)
@@ -233,6 +256,64 @@ def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address
         if isinstance(err, ProcessError):
             fail(str(err))
         raise
+
+
+def _stop_tunnel(state: HostState) -> None:
+    """The encryption tunnel goes with the host (reset): it removes its device and rules itself, and
+    `cleanup` removes what a crashed one left (docs/encryption.md)."""
+    from pyweave.agent import tunnel
+
+    tunnel.stop(state)
+    if TunnelPaths(state).config.exists():
+        from dataplane.tunnel import cleanup
+
+        cleanup()
+
+
+SECRET_CHECK_TIMEOUT = 10.0
+
+
+def _check_secret(state: HostState, raw, me: str) -> None:
+    """With a secret, this host's tunnel must complete a handshake with a live peer (if there is
+    one): with another secret, none does, and the launch fails (docs/encryption.md)."""
+    from store import keys
+    from store.records import Bad, obj_of, parse_host
+
+    kvs, _ = raw.list(keys.HOSTS)
+    peers = set()
+    for kv in kvs:
+        name = kv.key[len(keys.HOSTS):]
+        try:
+            rec = parse_host(name, obj_of(kv.value))
+        except Bad:
+            continue
+        if name != me and rec.state == "alive" and rec.public_key:
+            peers.add(name)
+    if peers and not wait_tunnel_peer(TunnelPaths(state).stats, peers, SECRET_CHECK_TIMEOUT):
+        fail(f"no peer ({', '.join(sorted(peers))}) completed an encrypted handshake with this host within "
+             f"{SECRET_CHECK_TIMEOUT:.0f}s: the secret is not the cluster's (or UDP 6783 is blocked between the hosts); "
+             f"launch with the cluster's --password")
+
+
+def _undo_agent(state: HostState, me: str) -> None:
+    """A launch refused after its agent started: stop the agent and the tunnel, and withdraw the
+    host's records, so that nothing of it is left running or listed."""
+    from store import keys
+    from store.errors import StoreError
+
+    pid = state.agent_pid()
+    if pid is not None:
+        stop_process(pid, timeout=5.0)
+    _stop_tunnel(state)
+    config = state.load()
+    if config is None:
+        return
+    try:
+        raw = open_store(config.store)
+        for key in (keys.host_key(me), keys.member_key(me), keys.links_key(me), keys.progress_key(me)):
+            raw.delete(key)
+    except (StoreError, OSError):
+        pass
 
 
 @app.command()
@@ -265,6 +346,7 @@ def reset() -> None:
     pid = state.agent_pid()
     if pid is not None:
         stop_process(pid, timeout=5.0)
+    _stop_tunnel(state)
     remove_all_owned()
     remove_local_address(SERVICE_ADDRESS)
     if config is not None:
