@@ -41,7 +41,8 @@ STEPS = {
     "plain": None,
     "simple": {"offload": False, "socket_buffer": 212992},
     "buffers": {"offload": False},
-    "offload": {"offload": True},
+    "offload": {"offload": True, "udp_gso": False},
+    "udp_gso": {"offload": True, "udp_gso": True},
 }
 RTT_RE = re.compile(r"time=([0-9.]+) ms")
 

@@ -32,7 +32,7 @@ not by the cipher (AES-GCM seals 64 KB in about 30 µs), so fewer, larger packet
 Config (JSON, re-read on SIGHUP; the agent replaces it atomically):
     {"me": NAME, "address": UNDERLAY_ADDRESS, "port": 6783, "key_file": PATH, "secret_file": PATH,
      "peers": {UNDERLAY_ADDRESS: {"name": NAME, "public": BASE64_X25519}}, "stats_file": PATH,
-     optional: "offload": true, "socket_buffer": 7340032}
+     optional: "offload": true, "udp_gso": true, "socket_buffer": 7340032}
 Stats (stats_file, JSON, rewritten at most once a second): the counters of `crypto.PeerStats`
 summed over peers ("total") and per peer ("peers", by address, with the name), and the tunnel's own
 drops ("tunnel": unknown_source, no_peer, malformed, send_errors, write_errors).
@@ -108,6 +108,20 @@ TAP_MAC = "02:70:77:00:00:01"
 ETH_HLEN = 14
 
 
+# UDP GSO/GRO (linux/udp.h): a sealed super-packet goes out as one send of CHUNKs, each a UDP datagram
+# that fits the underlay MTU; the kernel carries them as one GSO packet as far as it can (through
+# veths and bridges: all the way), and the receiver's UDP_GRO hands them back in one read. A CHUNK
+# is not authenticated by itself: the reassembled message is, by its AEAD tag (a forged chunk only
+# makes its message fail to open, and is counted as forged).
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+CHUNK_TYPE = 0x10  # crypto's messages are 0x01..0x03
+CHUNK = struct.Struct(">BIBB")  # type, message id, index, count
+MAX_SEND = 65000  # payload bytes per GSO send (a UDP datagram's limit is 65507)
+MAX_PENDING = 32  # messages being reassembled from chunks, all peers together
+
+
 class TunnelError(Exception):
     pass
 
@@ -130,6 +144,7 @@ class Config:
     stats_file: str | None
     peers: dict[str, PeerConfig] = field(default_factory=dict)
     offload: bool = True
+    udp_gso: bool = True
     socket_buffer: int = SOCKET_BUFFER
 
 
@@ -152,6 +167,7 @@ def load_config(path: str) -> Config:
             stats_file=raw.get("stats_file"),
             peers=peers,
             offload=bool(raw.get("offload", True)),
+            udp_gso=bool(raw.get("udp_gso", True)),
             socket_buffer=int(raw.get("socket_buffer", SOCKET_BUFFER)),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -184,6 +200,15 @@ def open_tun(*, offload: bool, multi_queue: bool = False) -> tuple[int, bool]:
         os.close(fd)
         raise
     return fd, offload
+
+
+def _mtu_of(address: str) -> int:
+    """The MTU of the interface that has `address` (1500 if none has)."""
+    with IPRoute() as ipr:
+        for a in ipr.get_addr(family=socket.AF_INET, address=address):
+            link = ipr.get_links(a["index"])[0]
+            return int(link.get_attr("IFLA_MTU"))
+    return 1500
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -267,7 +292,7 @@ def cleanup() -> None:
 
 
 # -- the tunnel ------------------------------------------------------------------------------------
-TUNNEL_COUNTERS = ("unknown_source", "no_peer", "malformed", "send_errors", "write_errors")
+TUNNEL_COUNTERS = ("unknown_source", "no_peer", "malformed", "send_errors", "write_errors", "incomplete")
 
 
 def _counters(stats: Any) -> dict[str, int]:
@@ -292,6 +317,9 @@ class Tunnel:
         self.tun = -1
         self.sock: socket.socket | None = None
         self.hdr = 0
+        self.segment = 0  # UDP GSO segment size, 0 when off
+        self._chunk_id = 0
+        self._pending: dict[tuple[str, int], list] = {}
         self.peers: dict[str, Any] = {}  # address -> crypto.Peer
         self._peer_conf: dict[str, tuple[PeerConfig, bytes]] = {}
         self._by_dst: dict[bytes, tuple[Any, tuple[str, int]]] = {}  # packed address -> (Peer, sockaddr)
@@ -327,7 +355,58 @@ class Tunnel:
                 sock.setsockopt(socket.SOL_SOCKET, opt, self.config.socket_buffer)
         sock.bind((self.config.address, self.config.port))
         sock.setblocking(False)
+        self.segment = 0
+        if self.config.offload and self.config.udp_gso:
+            try:
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self.segment = _mtu_of(self.config.address) - 28
+                sock.setsockopt(SOL_UDP, UDP_SEGMENT, self.segment)
+            except OSError as err:
+                log.warning("no UDP GSO/GRO (%s): large messages go out IP-fragmented", err)
+                self.segment = 0
         self.sock = sock
+
+    def _send_chunked(self, sock: socket.socket, message: bytes, sockaddr: tuple[str, int]) -> None:
+        """One message as CHUNKs of the segment size, in as few GSO sends as fit."""
+        size = self.segment - CHUNK.size
+        count = -(-len(message) // size)
+        self._chunk_id = mid = (self._chunk_id + 1) & 0xFFFFFFFF
+        view = memoryview(message)
+        per_send = MAX_SEND // self.segment
+        pack = CHUNK.pack
+        for first in range(0, count, per_send):
+            parts: list = []
+            for i in range(first, min(count, first + per_send)):
+                parts.append(pack(CHUNK_TYPE, mid, i, count))
+                parts.append(view[i * size:(i + 1) * size])
+            try:
+                sock.sendto(b"".join(parts), sockaddr)
+            except OSError:
+                self.counters["send_errors"] += 1
+
+    def _chunk(self, source: str, data: bytes) -> bytes | None:
+        """Collect a CHUNK; the whole message once its last chunk is in, else None."""
+        if len(data) <= CHUNK.size:
+            self.counters["malformed"] += 1
+            return None
+        _, mid, index, count = CHUNK.unpack_from(data)
+        key = (source, mid)
+        entry = self._pending.get(key)
+        if entry is None:
+            if len(self._pending) >= MAX_PENDING:
+                del self._pending[next(iter(self._pending))]
+                self.counters["incomplete"] += 1
+            entry = self._pending[key] = [count, [None] * count]
+        parts = entry[1]
+        if index >= count or count != len(parts) or parts[index] is not None:
+            self.counters["malformed"] += 1
+            return None
+        parts[index] = memoryview(data)[CHUNK.size:]
+        entry[0] -= 1
+        if entry[0] > 0:
+            return None
+        del self._pending[key]
+        return b"".join(parts)
 
     def _secret(self) -> bytes:
         with open(self.config.secret_file, "rb") as f:
@@ -399,6 +478,7 @@ class Tunnel:
         sock = self.sock
         assert sock is not None
         offset = hdr + 16
+        segment = self.segment
         for _ in range(BATCH):
             try:
                 packet = os.read(tun, 65600)
@@ -412,17 +492,21 @@ class Tunnel:
                 continue
             peer, sockaddr = found
             for d in peer.seal(packet):
+                if segment and len(d) > segment:
+                    self._send_chunked(sock, d, sockaddr)
+                    continue
                 try:
                     sock.sendto(d, sockaddr)
                 except OSError:
                     self.counters["send_errors"] += 1
 
     def _from_socket(self) -> None:
-        tun, peers, sock = self.tun, self.peers, self.sock
+        peers, sock = self.peers, self.sock
         assert sock is not None
+        space = socket.CMSG_SPACE(4)
         for _ in range(BATCH):
             try:
-                datagram, source = sock.recvfrom(65600)
+                data, ancillary, _flags, source = sock.recvmsg(65600, space)
             except BlockingIOError:
                 return
             except OSError:  # e.g. ICMP errors reported on the socket
@@ -431,16 +515,32 @@ class Tunnel:
             if peer is None:
                 self.counters["unknown_source"] += 1
                 continue
-            packets, replies = peer.receive(datagram)
-            for p in packets:
-                try:
-                    os.write(tun, p)
-                except OSError as err:
-                    self.counters["write_errors"] += 1
-                    if self.counters["write_errors"] <= 5:
-                        log.info("TUN refused a packet of %d bytes (%s): %s", len(p), err, p[:self.hdr + 60].hex())
-            if replies:
-                self._send(replies, source)
+            gso = 0
+            for level, kind, value in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    gso = int.from_bytes(value[:4], sys.byteorder)
+            if gso and len(data) > gso:  # several datagrams, coalesced by UDP GRO
+                for start in range(0, len(data), gso):
+                    self._datagram(peer, source, data[start:start + gso])
+            else:
+                self._datagram(peer, source, data)
+
+    def _datagram(self, peer: Any, source: tuple[str, int], datagram: bytes) -> None:
+        if datagram and datagram[0] == CHUNK_TYPE:
+            message = self._chunk(source[0], datagram)
+            if message is None:
+                return
+            datagram = message
+        packets, replies = peer.receive(datagram)
+        for p in packets:
+            try:
+                os.write(self.tun, p)
+            except OSError as err:
+                self.counters["write_errors"] += 1
+                if self.counters["write_errors"] <= 5:
+                    log.info("TUN refused a packet of %d bytes (%s): %s", len(p), err, p[:self.hdr + 60].hex())
+        if replies:
+            self._send(replies, source)
 
     def _tick(self) -> None:
         for address, peer in self.peers.items():

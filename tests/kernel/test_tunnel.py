@@ -275,3 +275,47 @@ def test_sighup_reload_adds_a_peer(pair):
     h1.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: h2.address in h1.stats()["peers"], what="reloaded peers")
     assert pings(h1.ns, h2.overlay) and pings(h2.ns, h1.overlay)
+
+
+SERVER = """
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 7777)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while data := c.recv(1 << 20):
+    h.update(data); n += len(data)
+print(n, h.hexdigest(), flush=True)
+"""
+CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 7777)); c.sendall(bytes.fromhex(sys.argv[2]) * int(sys.argv[3])); c.close()
+"""
+
+
+def test_a_bulk_tcp_transfer_arrives_intact_in_few_sealed_messages(pair, tmp_path):
+    """TCP's GSO super-packets cross sealed whole (in UDP GSO chunks): the bytes arrive intact, in
+    far fewer sealed messages than MTU-sized packets, and the marker never shows on the wire."""
+    import hashlib
+
+    hosts, switch, publics = pair
+    h1, h2 = hosts
+    start_all(hosts, publics)
+    assert pings(h1.ns, h2.overlay)
+    repeats = 8 * 1024 * 1024 // len(MARKER)
+    server = subprocess.Popen(["ip", "netns", "exec", h2.ns, sys.executable, "-c", SERVER, h2.overlay],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        before = h1.stats()["total"]["sealed"]
+        capture = Capture(switch, tmp_path / "cap.pcap")
+        nsexec(h1.ns, sys.executable, "-c", CLIENT, h2.overlay, MARKER.hex(), str(repeats), check=True, timeout=120)
+        size, digest = server.stdout.readline().split()
+        frames = capture.frames()
+    finally:
+        server.kill()
+        server.wait()
+    assert (int(size), digest) == (len(MARKER) * repeats, hashlib.sha256(MARKER * repeats).hexdigest())
+    assert not any(MARKER in f for f in frames)
+    time.sleep(1.5)  # the stats file is rewritten once a second
+    sealed = h1.stats()["total"]["sealed"] - before
+    assert sealed < len(MARKER) * repeats / 1400 / 4, f"{sealed} sealed messages: no super-packets"
