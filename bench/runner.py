@@ -29,8 +29,8 @@ from bench.context import BenchContext
 from bench.report import SectionResult
 from bench.sizes import FULL, QUICK
 
-SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale", "ghosts")
-LAB_SECTIONS = ("throughput", "latency", "convergence", "cli", "agent")
+SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale", "ghosts", "routing")
+LAB_SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "routing")
 DEFAULT_OUT = machine.REPO / "docs" / "performance.md"
 FULL_BUDGET_S = 14.5 * 60  # issue 6: the full run finishes in under 15 minutes on 2 cores
 
@@ -118,11 +118,12 @@ TITLES = {
     "agent": "5. Agent cost",
     "scale": "6. Control-plane scale",
     "ghosts": "7. One host at cluster scale",
+    "routing": "8. Routing",
 }
 
 
 def run(ctx: BenchContext, sections: list[str]) -> list[SectionResult]:
-    from bench import agent_cost, cli_overhead, convergence, datapath, ghosts, scale
+    from bench import agent_cost, cli_overhead, convergence, datapath, ghosts, routing, scale
 
     results: list[SectionResult] = []
     wanted_dp = [s for s in ("throughput", "latency") if s in sections]
@@ -153,6 +154,9 @@ def run(ctx: BenchContext, sections: list[str]) -> list[SectionResult]:
     if "ghosts" in sections:
         ctx.close_lab()  # one agent in a lab of its own: the shared lab's agents would share its CPUs
         results.append(_run_section(ctx, "ghosts", TITLES["ghosts"], lambda: ghosts.run(ctx)))
+    if "routing" in sections:
+        ctx.close_lab()  # a lab of its own (4 hosts, links cut and restored)
+        results.append(_run_section(ctx, "routing", TITLES["routing"], lambda: routing.run(ctx)))
     return results
 
 

@@ -23,6 +23,7 @@ TITLES = [
     "5. Agent cost",
     "6. Control-plane scale",
     "7. One host at cluster scale",
+    "8. Routing",
 ]
 
 
@@ -32,8 +33,8 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def _bench_processes() -> list[str]:
-    """Command lines of processes the bench starts and must end: workers, etcd, pingers, iperf3, the
-    ghost writer and the fan-out watchers."""
+    """Command lines of processes the bench starts and must end: workers, etcd, pingers (also section 8's
+    `bench.routing pinger`), iperf3, the ghost writer and the fan-out watchers."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -43,7 +44,7 @@ def _bench_processes() -> list[str]:
         except OSError:
             continue
         if any(mark in cmd for mark in ("bench.scale_worker", "bench.icmp", "pyweave-bench-scale-", "bench.ghost_writer",
-                                         "bench.fanout_watcher", "pyweave-bench-ghosts-")):
+                                         "bench.fanout_watcher", "pyweave-bench-ghosts-", "bench.routing")):
             found.append(cmd.strip())
     return found
 
