@@ -127,7 +127,8 @@ class KernelApplier:
 
     def apply_transit(self, wanted: Mapping[tuple[int, int], Mapping[str, str]]) -> bool:
         """Transit devices (relaying, docs/routing.md) with exactly the FDB `wanted` says; one no
-        longer wanted is removed after TRANSIT_GRACE. Whether the kernel was written to."""
+        longer wanted is emptied at once and removed after TRANSIT_GRACE. Whether the kernel was
+        written to."""
         wrote = False
         if self._transit_present is None:
             self._transit_present = self.dataplane.transits()
@@ -143,6 +144,12 @@ class KernelApplier:
             self._transit[key] = dict(fdb)
             wrote = True
         for key in sorted(self._transit_present - set(wanted)):
+            # Not needed any more: it relays nothing from now on (its entries go at once, so none
+            # outlives the endpoint it names), and the device itself goes after the grace period.
+            if self._transit.get(key, True):
+                self.dataplane.sync_transit(key[0], key[1], {})
+                self._transit[key] = {}
+                wrote = True
             since = self._transit_unwanted.setdefault(key, now)
             if now - since >= TRANSIT_GRACE:
                 self.dataplane.remove_transit(*key)
@@ -151,6 +158,11 @@ class KernelApplier:
                 self._transit_unwanted.pop(key, None)
                 wrote = True
         return wrote
+
+    @property
+    def has_transit(self) -> bool:
+        """Whether this host has transit devices (to empty or remove when no longer wanted)."""
+        return bool(self._transit_present)
 
     @property
     def transit_pending(self) -> bool:

@@ -308,7 +308,7 @@ class Agent:
         )
         # Transit devices: when wanted, while one waits for removal, and at a full pass of a host
         # that probes (which may relay; it then also finds devices a previous run left behind).
-        if self._transit_wanted or self.applier.transit_pending or (full and self.prober is not None):
+        if self._transit_wanted or self.applier.has_transit or (full and self.prober is not None):
             applied.wrote = self.applier.apply_transit(self._transit_wanted) or applied.wrote
             if self.applier.transit_pending:
                 self._wake_later(5.0)
