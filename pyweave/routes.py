@@ -66,30 +66,34 @@ class Route:
         return self.next_hop is not None
 
 
+RTT_STEP_MS = 1.0  # RTTs compare in whole steps: probe jitter under load must not flip a tie between relays
+
+
 def _shortest(source: str, links: Links) -> dict[str, tuple[int, float, tuple[str, ...]]]:
     """(hops, rtt, path) of the best path from source to every host it reaches in at most
-    MAX_HOPS hops. Keys are totally ordered (two paths never have the same names), so the result
-    does not depend on the order of the mappings."""
-    best: dict[str, tuple[int, float, tuple[str, ...]]] = {}
-    heap: list[tuple[int, float, tuple[str, ...], str]] = [(0, 0.0, (), source)]
+    MAX_HOPS hops: fewest hops, then least summed RTT in whole RTT_STEP_MS steps, then names. Keys
+    are totally ordered (two paths never have the same names), so the result does not depend on
+    the order of the mappings."""
+    best: dict[str, tuple[int, int, tuple[str, ...], float]] = {}
+    heap: list[tuple[int, int, tuple[str, ...], float, str]] = [(0, 0, (), 0.0, source)]
     done: set[str] = set()
     while heap:
-        hops, rtt, path, node = heapq.heappop(heap)
+        hops, steps, path, rtt, node = heapq.heappop(heap)
         if node in done:
             continue
         done.add(node)
         if node != source:
-            best[node] = (hops, rtt, path)
+            best[node] = (hops, steps, path, rtt)
         if hops >= MAX_HOPS:
             continue
         for peer, cost in links.get(node, {}).items():
             if peer in done or peer == source:
                 continue
-            key = (hops + 1, rtt + cost, (*path, peer))
-            if peer not in best or key < best[peer]:
+            key = (hops + 1, steps + round(cost / RTT_STEP_MS), (*path, peer), rtt + cost)
+            if peer not in best or key[:3] < best[peer][:3]:
                 best[peer] = key
                 heapq.heappush(heap, (*key, peer))
-    return best
+    return {node: (hops, rtt, path) for node, (hops, _steps, path, rtt) in best.items()}
 
 
 def routes_from(source: str, links: Links, dests: Iterable[str]) -> dict[str, Route]:
