@@ -32,7 +32,9 @@ def _gather_status(ctx: Context) -> tuple[dict, bool]:
             "address": ctx.config.address,
             "vtep_mac": ctx.config.vtep_mac,
             "mtu": None,
-            "data_path": "kernel vxlan (udp/4789, learning off, proxy ARP)",
+            "data_path": "kernel vxlan (udp/4789, learning off, proxy ARP)" + (
+                ", sealed by the tunnel (udp/6783, AES-256-GCM)" if ctx.config.encrypted else ""),
+            "encryption": "on" if ctx.config.encrypted else "off",
             "agent": {"running": agent_pid is not None, "pid": agent_pid},
         },
         "peers": [],
@@ -115,6 +117,7 @@ def _render_status(data: dict) -> str:
             ("VTEP MAC", host["vtep_mac"]),
             ("MTU", host["mtu"]),
             ("Data path", host["data_path"]),
+            ("Encryption", host["encryption"]),
             ("Agent", f"running (pid {agent['pid']})" if agent["running"] else "not running"),
         ],
     )
