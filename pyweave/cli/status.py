@@ -117,7 +117,7 @@ def _render_status(data: dict) -> str:
             ("VTEP MAC", host["vtep_mac"]),
             ("MTU", host["mtu"]),
             ("Data path", host["data_path"]),
-            ("Encryption", host["encryption"]),
+            ("Encryption", host.get("encryption", "off")),
             ("Agent", f"running (pid {agent['pid']})" if agent["running"] else "not running"),
         ],
     )
