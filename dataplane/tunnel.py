@@ -13,7 +13,8 @@ exit (SIGTERM, SIGINT), and by `cleanup()` (or `--cleanup`) after a crash:
 - the device `pwtun0` (not persistent: it vanishes with the process's file descriptors): a TAP
   device with NOARP and the fixed MAC TAP_MAC when offloads are on (see `open_tun` for why), else
   a TUN device;
-- the nft table `inet pyweave_tunnel` (mark FWMARK on UDP to VXLAN_PORTS, output, type route);
+- the nft table `inet pyweave_tunnel` (mark FWMARK on UDP to VXLAN_PORTS and to the link probes'
+  PROBE_PORT, output, type route);
 - the rule `fwmark FWMARK lookup ROUTE_TABLE` (priority RULE_PRIORITY) and, in ROUTE_TABLE, the
   route `default dev pwtun0` and a blackhole default with a higher metric: after a crash the TUN
   device is gone, and the marked packets are dropped rather than sent in clear on the underlay;
@@ -77,6 +78,8 @@ ROUTE_TABLE = 7077
 RULE_PRIORITY = 7077
 BLACKHOLE_METRIC = 4096
 VXLAN_PORTS = (4789, 4792)  # the network's devices and the relays' hop budgets (MAX_HOPS = 4)
+PROBE_PORT = 6784  # the agents' link probes (docs/routing.md): they measure the encrypted path, and a
+# host whose secret is not the cluster's sees no link up (its handshakes fail)
 # The reverse-path filter drops every packet that comes in on a device without an IPv4 address unless
 # rp_filter is 0 (fib_validate_source: no address -> "last resort" -> refused), and the effective
 # value is max(all, device): a link-local /32 on pwtun0 makes loose mode (2) work whatever `all` is.
@@ -233,7 +236,7 @@ delete table {NFT_FAMILY} {NFT_TABLE}
 table {NFT_FAMILY} {NFT_TABLE} {{
     chain out {{
         type route hook output priority 0; policy accept;
-        udp dport {VXLAN_PORTS[0]}-{VXLAN_PORTS[1]} meta mark set {FWMARK:#x}
+        udp dport {{ {VXLAN_PORTS[0]}-{VXLAN_PORTS[1]}, {PROBE_PORT} }} meta mark set {FWMARK:#x}
     }}
 }}
 """
@@ -560,7 +563,7 @@ class Tunnel:
             c = _counters(peer.stats)
             for k, v in c.items():
                 total[k] = total.get(k, 0) + v
-            per_peer[address] = {"name": self._peer_conf[address][0].name, **c}
+            per_peer[address] = {"name": self._peer_conf[address][0].name, "established": peer.established, **c}
         return {"me": self.config.me, "total": total, "tunnel": dict(self.counters), "peers": per_peer}
 
     def write_stats(self) -> None:
