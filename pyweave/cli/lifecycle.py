@@ -234,7 +234,7 @@ def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address
         if secret is not None:
             _check_secret(state, raw, config.name)
     except BaseException as err:
-        if secret is not None and state.agent_pid() is not None and isinstance(err, (typer.Exit, KeyboardInterrupt)):
+        if state.agent_pid() is not None:  # started by this launch (a running one is refused above)
             _undo_agent(state, config.name)
         if saved_secret is None:
             secret_path.unlink(missing_ok=True)
