@@ -11,7 +11,11 @@ itself with (`launch --store-members`), 0 for a store of the user's own (`launch
 `pyweave launch PEER` asks PEER first; if PEER does not answer there (not a pyweave host: an etcd of
 the user's own, or an agent of an older version), PEER is taken as a store endpoint, as before.
 
-Standard library only: the CLI imports this. What is exposed, and why that is safe: docs/store.md.
+In a cluster with a secret, the same endpoint enrols hosts (`POST /pyweave/v1/enrol/...`, the
+protocol in `pyweave.enrol`): the agent passes an `Enroller` to `serve`; without one those paths are 404.
+
+Standard library only: the CLI imports this. What is exposed, and why that is safe: docs/store.md,
+docs/security.md.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 log = logging.getLogger("pyweave.join")
 
@@ -30,10 +35,15 @@ JOIN_PATH = "/pyweave/v1/join"
 JOIN_VERSION = 1
 
 
+ENROL_PREFIX = "/pyweave/v1/enrol/"
+MAX_BODY = 65536
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     info: Callable[[], dict]
+    enroller: Any = None  # a pyweave.enrol.Enroller in a cluster with a secret
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -51,14 +61,47 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _reply(self, status: int, data: dict) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        path = self.path.split("?", 1)[0]
+        enroller = self.server.enroller
+        step = path[len(ENROL_PREFIX):] if path.startswith(ENROL_PREFIX) else ""
+        if enroller is None or step not in ("hello", "finish"):
+            self._reply(404, {"error": "no such path (this cluster enrols no hosts)" if enroller is None else "no such path"})
+            return
+        from pyweave.enrol import EnrolError, EnrolRefused  # only agents of a cluster with a secret get here
+
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+            if not 0 < length <= MAX_BODY:
+                raise EnrolError("no body, or a body too large")
+            body = json.loads(self.rfile.read(length))
+            if not isinstance(body, dict):
+                raise EnrolError("the body is not a JSON object")
+            self._reply(200, enroller.hello(body) if step == "hello" else enroller.finish(body))
+        except EnrolRefused as err:
+            log.warning("enrolment refused from %s: %s", self.client_address[0], err)
+            self._reply(403, {"error": str(err)})
+        except (EnrolError, ValueError) as err:
+            self._reply(400, {"error": str(err)})
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the signature http.server calls
         log.debug("join endpoint: " + format, *args)
 
 
-def serve(info: Callable[[], dict], address: str, port: int = JOIN_PORT) -> ThreadingHTTPServer:
-    """Answer the join endpoint on (address, port) from `info()`, on a daemon thread."""
+def serve(info: Callable[[], dict], address: str, port: int = JOIN_PORT, *, enroller: Any = None) -> ThreadingHTTPServer:
+    """Answer the join endpoint on (address, port) from `info()`, on a daemon thread; enrol hosts
+    with `enroller` (a `pyweave.enrol.Enroller`) when given."""
     server = _Server((address, port), _Handler)
     server.info = info
+    server.enroller = enroller
     threading.Thread(target=server.serve_forever, name="join-endpoint", daemon=True).start()
     return server
 
