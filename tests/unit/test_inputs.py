@@ -2,7 +2,7 @@
 or started (the checks, and the CLI's exit code and message with nothing left in the state
 directory); the host's routes and addresses that `run`, `attach`, `expose` and `launch` refuse to
 overlap, parsed from /proc text; a saved configuration that cannot be used is a message, not a
-traceback. The same refusals end to end, on a lab with real etcd and Docker: tests/lab/test_inputs.py."""
+traceback. The same refusals end to end, on a lab with real etcd and Docker: tests/lab/test_refused_inputs.py."""
 
 import ipaddress
 import json
