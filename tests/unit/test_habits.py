@@ -55,3 +55,12 @@ def test_no_python_package_is_named_cmd():
     assert not (REPO / "cmd" / "__init__.py").exists()
     r = _run(sys.executable, "-c", "import cmd, pdb; print(cmd.__file__)")
     assert r.returncode == 0 and "site-packages" not in r.stdout and str(REPO / "cmd") not in r.stdout, r.stdout
+
+
+def test_test_modules_have_distinct_names():
+    """pytest imports test modules by their base name (the suite has no packages): two files of one
+    name in two tiers stop the collection of the whole suite."""
+    seen: dict[str, Path] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name; rename one"
+        seen[path.name] = path
