@@ -353,6 +353,14 @@ class Peer:
 
     # -- public ---------------------------------------------------------------------------------
 
+    def set_rekey_after(self, seconds: float) -> None:
+        """Rotate by time after `seconds` from now on (the tunnel's config changed); the current
+        session's age counts, so an older session rotates at the next tick."""
+        if seconds <= 0:
+            raise CryptoError(f"rekey_after must be positive, not {seconds}")
+        self._rekey_after = seconds
+        self._reject_after = seconds * _REJECT_FACTOR
+
     @property
     def established(self) -> bool:
         """Whether a confirmed, unexpired session seals packets to the peer."""

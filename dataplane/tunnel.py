@@ -37,7 +37,10 @@ GSO (plain kernel VXLAN: 12-15).
 Config (JSON, re-read on SIGHUP; the agent replaces it atomically):
     {"me": NAME, "address": UNDERLAY_ADDRESS, "port": 6783, "key_file": PATH, "secret_file": PATH,
      "peers": {UNDERLAY_ADDRESS: {"name": NAME, "public": BASE64_X25519}}, "stats_file": PATH,
-     optional: "offload": true, "udp_gso": true, "socket_buffer": 7340032}
+     optional: "offload": true, "udp_gso": true, "socket_buffer": 7340032, "rekey_after": 120.0}
+    rekey_after: seconds after which a session is rotated by a new handshake (crypto.Peer's; the
+    default 120 s is the design's; tests and operators lower it through the agent's environment,
+    PYWEAVE_TUNNEL_REKEY_AFTER). A reload applies a new value to the peers' running sessions.
 Stats (stats_file, JSON, rewritten at most once a second): the counters of `crypto.PeerStats`
 summed over peers ("total") and per peer ("peers", by address, with the name), and the tunnel's own
 drops ("tunnel": unknown_source, no_peer, malformed, send_errors, write_errors, incomplete).
@@ -89,6 +92,7 @@ SOCKET_BUFFER = 7 * 1024 * 1024  # as wireguard-go
 TICK = 0.1
 STATS_INTERVAL = 1.0
 BATCH = 64  # packets read from one file descriptor per wake-up
+REKEY_AFTER = 120.0  # seconds: sessions rotate by time (docs/encryption.md), unless the config says otherwise
 
 # linux/if_tun.h
 TUNSETIFF = 0x400454CA
@@ -154,6 +158,14 @@ class Config:
     offload: bool = True
     udp_gso: bool = True
     socket_buffer: int = SOCKET_BUFFER
+    rekey_after: float = REKEY_AFTER
+
+
+def _positive(value: Any, what: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    return number
 
 
 def load_config(path: str) -> Config:
@@ -177,6 +189,7 @@ def load_config(path: str) -> Config:
             offload=bool(raw.get("offload", True)),
             udp_gso=bool(raw.get("udp_gso", True)),
             socket_buffer=int(raw.get("socket_buffer", SOCKET_BUFFER)),
+            rekey_after=_positive(raw.get("rekey_after", REKEY_AFTER), "rekey_after"),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise TunnelError(f"bad tunnel config {path}: {err!r}") from err
@@ -432,10 +445,11 @@ class Tunnel:
         for address, pc in cfg.peers.items():
             key = self.crypto.pair_key(own, pc.public, secret, cfg.me, pc.name)
             if address in self.peers and self._peer_conf[address] == (pc, key):
+                self.peers[address].set_rekey_after(cfg.rekey_after)
                 continue
             if address in self.peers:
                 self._retire(address)
-            self.peers[address] = self.crypto.Peer(me=cfg.me, name=pc.name, pair_key=key)
+            self.peers[address] = self.crypto.Peer(me=cfg.me, name=pc.name, pair_key=key, rekey_after=cfg.rekey_after)
             self._peer_conf[address] = (pc, key)
         self._by_dst = {socket.inet_aton(a): (p, (a, cfg.port)) for a, p in self.peers.items()}
 

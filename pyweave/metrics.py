@@ -71,6 +71,35 @@ class AgentCollector:
                                 value=stats.relayed_networks)
         yield GaugeMetricFamily("pyweave_store_connected", "1 while the store watch is connected.",
                                 value=1 if self.watcher.connected else 0)
+        if stats.tunnel is not None:
+            yield from tunnel_metrics(stats.tunnel())
+
+
+def tunnel_metrics(data: dict):
+    """The encryption tunnel's counters (docs/encryption.md), from its stats file; nothing before
+    the tunnel wrote one."""
+    from pyweave.agent.tunnel import drops
+
+    total = data.get("total")
+    if not isinstance(total, dict):
+        return
+    yield CounterMetricFamily("pyweave_tunnel_sealed", "Packets the tunnel sealed for peers.", value=total.get("sealed", 0))
+    yield CounterMetricFamily("pyweave_tunnel_opened", "Packets from peers the tunnel opened.", value=total.get("opened", 0))
+    dropped = CounterMetricFamily("pyweave_tunnel_dropped", "Packets the tunnel dropped, by kind.", labels=["kind"])
+    for kind, count in sorted(drops(data).items()):
+        dropped.add_metric([kind], count)
+    yield dropped
+    yield CounterMetricFamily("pyweave_tunnel_rekeys", "Session key rotations.", value=total.get("rekeys", 0))
+    handshakes = CounterMetricFamily("pyweave_tunnel_handshakes", "Handshake messages, valid ones received and sent.",
+                                     labels=["direction"])
+    handshakes.add_metric(["received"], total.get("handshakes_received", 0))
+    handshakes.add_metric(["sent"], total.get("handshakes_sent", 0))
+    yield handshakes
+    established = GaugeMetricFamily("pyweave_tunnel_established", "1 while a confirmed session seals packets to the peer.",
+                                    labels=["peer"])
+    for peer in sorted((data.get("peers") or {}).values(), key=lambda p: str(p.get("name"))):
+        established.add_metric([str(peer.get("name"))], 1 if peer.get("established") else 0)
+    yield established
 
 
 def serve(stats: AgentStats, watcher: StoreWatcher, *, address: str, port: int = DEFAULT_PORT) -> CollectorRegistry | None:

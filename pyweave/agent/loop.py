@@ -103,7 +103,7 @@ class Agent:
         self._last_count = 0.0
         self._timer: threading.Timer | None = None
         self._ports: dict | None = None  # the kernel's ports, until a pass changes them
-        self.stats = AgentStats()
+        self.stats = AgentStats(tunnel=self.tunnel.stats if self.tunnel is not None else None)
         self.dns_service: DnsService | None = None
         self.view = ClusterView(self.me)
         self.watcher = StoreWatcher(raw, keys.ROOT, self.wake, sink=self.view)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -18,6 +19,8 @@ class AgentStats:
     routes: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # peer -> (mode, via, hops)
     links_up: dict[str, bool] = field(default_factory=dict)  # peer -> this host's probe says up
     relayed_networks: int = 0  # networks this host relays for others (transit devices)
+    # In an encrypted cluster: the tunnel's stats file as it is now (TunnelKeeper.stats), read at scrape time.
+    tunnel: Callable[[], dict] | None = None
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1

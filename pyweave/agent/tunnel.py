@@ -6,6 +6,11 @@ leaves it running, so containers keep talking. The keeper starts it when it is n
 start, and whenever a pass finds it dead: supervision), and keeps its configuration file current: the
 peers (underlay address -> name and public key, from their host records), rewritten atomically and
 signalled with SIGHUP only when it changed. `pyweave reset` stops it (`stop`).
+
+PYWEAVE_TUNNEL_REKEY_AFTER (seconds, in the agent's environment, which `pyweave launch` passes on):
+how often the tunnel rotates its sessions' keys, instead of the design's 120 s. For tests (a
+rotation under traffic within seconds) and operators who want shorter-lived keys; it is written into
+the tunnel's config, which the running tunnel re-reads (a relaunch without it goes back to 120 s).
 """
 
 from __future__ import annotations
@@ -25,6 +30,46 @@ log = logging.getLogger("pyweave.agent")
 
 TUNNEL_PORT = 6783  # weave's data port
 CHECK_INTERVAL = 1.0  # seconds between two checks that the tunnel still runs
+REKEY_ENV = "PYWEAVE_TUNNEL_REKEY_AFTER"
+
+
+def rekey_after_from_env() -> float | None:
+    """The rotation period asked for in the environment (None: the tunnel's default); a value that
+    is not a positive number of seconds is ignored, with a warning."""
+    raw = os.environ.get(REKEY_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        log.warning("%s=%r is not a positive number of seconds: ignored", REKEY_ENV, raw)
+        return None
+    return seconds
+
+
+# What the tunnel's stats file counts as dropped (dataplane/tunnel.py): per peer ("total") and by
+# the tunnel itself ("tunnel").
+PEER_DROPS = ("forged", "replayed", "too_old", "queued_dropped")
+TUNNEL_DROPS = ("unknown_source", "no_peer", "malformed", "send_errors", "write_errors", "incomplete")
+
+
+def drops(stats: Mapping) -> dict[str, int]:
+    """Packets dropped, by kind, from the tunnel's stats (`TunnelKeeper.stats()`); {} without any."""
+    total, own = stats.get("total") or {}, stats.get("tunnel") or {}
+    if not total and not own:
+        return {}
+    return {kind: int(total.get(kind, 0)) for kind in PEER_DROPS} | {kind: int(own.get(kind, 0)) for kind in TUNNEL_DROPS}
+
+
+def read_stats(state: HostState) -> dict:
+    """The tunnel's last stats file ({} before it wrote one)."""
+    try:
+        data = json.loads(TunnelPaths(state).stats.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class TunnelPaths:
@@ -76,9 +121,11 @@ class TunnelKeeper:
         self._peers: dict[str, dict[str, str]] = {}
         self._checked = 0.0
         self._proc: subprocess.Popen | None = None
+        self.rekey_after = rekey_after_from_env()
 
     def _config(self) -> dict:
-        return {
+        extra = {"rekey_after": self.rekey_after} if self.rekey_after is not None else {}
+        return extra | {
             "me": self.me,
             "address": self.address,
             "port": TUNNEL_PORT,
@@ -129,8 +176,5 @@ class TunnelKeeper:
         log.info("tunnel peers: %s", ", ".join(sorted(p["name"] for p in wanted.values())) or "none")
 
     def stats(self) -> dict:
-        try:
-            return json.loads(self.paths.stats.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
+        return read_stats(self.state)
 

@@ -35,6 +35,7 @@ def _gather_status(ctx: Context) -> tuple[dict, bool]:
             "data_path": "kernel vxlan (udp/4789, learning off, proxy ARP)" + (
                 ", sealed by the tunnel (udp/6783, AES-256-GCM)" if ctx.config.encrypted else ""),
             "encryption": "on" if ctx.config.encrypted else "off",
+            **({"tunnel": _gather_tunnel(ctx)} if ctx.config.encrypted else {}),
             "agent": {"running": agent_pid is not None, "pid": agent_pid},
         },
         "peers": [],
@@ -68,6 +69,38 @@ def _gather_status(ctx: Context) -> tuple[dict, bool]:
     data["problems"] = [{"key": k, "problem": p} for k, p in sorted(problems)]
     data["connections"] = _gather_connections(state, ctx.me) or []
     return data, True
+
+
+def _gather_tunnel(ctx: Context) -> dict:
+    """The encryption tunnel's state from its stats file (docs/encryption.md): whether it runs, its
+    peers with a confirmed session, and the packets it dropped, by kind."""
+    from pyweave.agent.tunnel import drops, read_stats, tunnel_pid
+
+    stats = read_stats(ctx.state)
+    peers = stats.get("peers") or {}
+    dropped = drops(stats)
+    return {
+        "pid": tunnel_pid(ctx.state),
+        "peers": len(peers),
+        "established": sum(1 for p in peers.values() if p.get("established")),
+        "dropped": sum(dropped.values()),
+        "drops": dropped,
+        "sealed": (stats.get("total") or {}).get("sealed", 0),
+        "opened": (stats.get("total") or {}).get("opened", 0),
+    }
+
+
+def _encryption_line(host: dict) -> str:
+    """`on (2 peers established, 0 packets dropped)`; `on (tunnel not running)`; `off`."""
+    encryption = host.get("encryption", "off")
+    tunnel = host.get("tunnel")
+    if encryption != "on" or tunnel is None:
+        return encryption
+    if tunnel.get("pid") is None:
+        return "on (tunnel not running)"
+    line = f"on ({tunnel['established']} peers established, {tunnel['dropped']} packets dropped"
+    kinds = [f"{k} {v}" for k, v in sorted((tunnel.get("drops") or {}).items()) if v]
+    return line + (f": {', '.join(kinds)})" if kinds else ")")
 
 
 def _gather_store_members(raw) -> dict:
@@ -117,7 +150,7 @@ def _render_status(data: dict) -> str:
             ("VTEP MAC", host["vtep_mac"]),
             ("MTU", host["mtu"]),
             ("Data path", host["data_path"]),
-            ("Encryption", host.get("encryption", "off")),
+            ("Encryption", _encryption_line(host)),
             ("Agent", f"running (pid {agent['pid']})" if agent["running"] else "not running"),
         ],
     )
