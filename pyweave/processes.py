@@ -22,12 +22,15 @@ class ProcessError(Exception):
 
 def start_embedded_etcd(
     state: HostState, config: HostConfig, address: str, *, initial_cluster: str | None = None,
+    force_new_cluster: bool = False,
 ) -> subprocess.Popen | None:
     """This host's etcd member on its underlay address (and loopback), data in the state dir.
 
     The first host starts a one-member cluster; a host joining as a learner gives `initial_cluster`
     (`name=peerURL,...`, itself included) and starts with state `existing`. A restart (data dir
-    present) needs neither: etcd reads its membership from its WAL. Starting is serialised by a lock
+    present) needs neither: etcd reads its membership from its WAL. `force_new_cluster`: a member of a
+    store that lost its quorum for good starts as a cluster of itself alone, its data kept
+    (`pyweave store-recover`, docs/store.md). Starting is serialised by a lock
     file, so the agent's supervisor and a `pyweave launch` never start two; returns the process when
     this call started one (its parent must reap it), None when one was running already."""
     etcd = shutil.which("etcd")
@@ -53,6 +56,8 @@ def start_embedded_etcd(
             "--auto-compaction-retention", "10000",
             "--log-level", "warn",
         ]
+        if force_new_cluster:
+            args.append("--force-new-cluster")
         with open(state.dir / "etcd.log", "ab") as log:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         state.etcd_pid_path.write_text(str(proc.pid))

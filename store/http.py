@@ -227,6 +227,17 @@ class HttpStore:
     def member_remove(self, member_id: str) -> None:
         self._post("/v3/cluster/member/remove", {"ID": str(member_id)})
 
+    def move_leader(self, leader_endpoint: str, target_id: str) -> None:
+        """Hand the leadership to another voting member (etcd's MoveLeader: asked of the leader)."""
+        HttpStore([leader_endpoint], timeout=max(self.timeout, 3.0))._post(
+            "/v3/maintenance/transfer-leadership", {"targetID": str(target_id)})
+
+    def grant_lease(self, ttl: int) -> int:
+        return int(self._post("/v3/lease/grant", {"TTL": str(ttl)})["ID"])
+
+    def revoke_lease(self, lease_id: int) -> None:
+        self._post("/v3/lease/revoke", {"ID": str(lease_id)})
+
     def endpoint_status(self, endpoint: str, *, timeout: float = 0.5) -> dict | None:
         """One member's own view (/v3/maintenance/status: its ID, the leader's ID, revision, raft
         index, errors), or None when it does not answer within timeout."""

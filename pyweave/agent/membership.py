@@ -18,6 +18,15 @@ first N hosts become etcd members, the way k3s's servers join (docs/store.md):
 Every pass also refreshes the host's view of the store: the client URLs of the voting members,
 those that answer first (this host's own first when it is one), saved in its configuration (which
 the CLI reads) and added to the agent's client for failover (`on_endpoints`).
+
+Membership follows the hosts (item 3, rules in `store.members`):
+- a voting member that has not answered for `member_grace` seconds, and whose host is dead (its
+  lease-bound host record gone), is removed by whichever live agent sees it first, under the join
+  lock and only if the store keeps its quorum without it; the cluster then has fewer than N members,
+  and a live non-member joins (1. above). `pyweave reset` of a member host, and `pyweave rmpeer` of a
+  dead one, remove its member at once the same way.
+- a host whose member is no longer in the list (removed while it was away) stops its etcd, throws
+  its data away and is a client again; it may join later like any non-member.
 """
 
 from __future__ import annotations
@@ -31,19 +40,23 @@ import time
 from collections.abc import Callable
 
 from pyweave.host import HostConfig, HostState, stop_process
+from store import keys
+from store import members as rules
 from store.errors import StoreError
 from store.http import HttpStore
 
 log = logging.getLogger("pyweave.agent.membership")
 
-JOIN_LOCK = "/pyweave/store/v1/join"
+JOIN_LOCK = rules.JOIN_LOCK
 PROMOTE_TIMEOUT = 60.0
+MEMBER_GRACE = 15.0  # seconds a dead host's member goes unanswered before it is replaced
 
 
 class StoreMembership:
     def __init__(
         self, state: HostState, config: HostConfig, address: str, stop: threading.Event, *,
         lease: Callable[[], int], on_endpoints: Callable[[list[str]], None], interval: float = 2.0,
+        member_grace: float = MEMBER_GRACE,
     ) -> None:
         self.state = state
         self.config = config
@@ -54,7 +67,9 @@ class StoreMembership:
         self.interval = interval
         self.peer_url = f"http://{address}:2380"
         self.client_url = f"http://{address}:2379"
+        self.member_grace = member_grace
         self.health: dict[str, bool] = {}
+        self._down_since: dict[str, float] = {}  # member ID -> when this agent first saw it not answer
         self._children: list = []  # etcd processes started here: reaped when they end
 
     # -- a pass --------------------------------------------------------------------------------
@@ -71,7 +86,13 @@ class StoreMembership:
         store = self._store()
         members = store.members()
         self.refresh(store, members)
-        if any(self._mine(m) for m in members) or self.config.embedded_etcd:
+        mine = any(self._mine(m) for m in members)
+        if self.config.embedded_etcd and not mine and members:
+            self.removed()
+            return
+        if self.replace_dead(store, members):
+            members = store.members()
+        if mine or self.config.embedded_etcd:
             return
         if len(members) >= self.config.store_members or shutil.which("etcd") is None:
             return
@@ -101,6 +122,49 @@ class StoreMembership:
             if added:
                 log.info("store endpoints now %s", ",".join(ordered))
                 self.on_endpoints(ordered)
+
+    def removed(self) -> None:
+        """This host's member was removed from the store (while it was away, by `rmpeer` or by
+        the replacement of a dead member): stop its etcd, forget its data, be a client."""
+        log.warning("this host's store member was removed from the store: stopping it, this host is a client now")
+        self.config.embedded_etcd = False
+        self.state.save(self.config)
+        pid = self.state.etcd_pid()
+        if pid is not None:
+            stop_process(pid, timeout=5.0)
+        shutil.rmtree(self.state.etcd_dir, ignore_errors=True)
+
+    def replace_dead(self, store: HttpStore, members: list[dict]) -> bool:
+        """Remove a voting member whose host is dead and that has not answered for member_grace
+        seconds (under the join lock, never below quorum). True if one was removed."""
+        now = time.monotonic()
+        urls = {str(m["ID"]): (m.get("clientURLs") or [None])[0] for m in members if not m.get("isLearner")}
+        down = {mid for mid, url in urls.items() if url is not None and self.health.get(url) is False}
+        self._down_since = {mid: self._down_since.get(mid, now) for mid in down}
+        overdue = [m for m in members if str(m["ID"]) in down and now - self._down_since[str(m["ID"])] >= self.member_grace
+                   and not self._mine(m) and store.get(keys.host_key(m.get("name", ""))) is None]
+        if not overdue:
+            return False
+        lease = self.lease()
+        if not lease:
+            return False
+        with rules.locked(store, self.config.name, lease) as held:
+            if not held:
+                return False
+            view = rules.look(store)
+            for member in overdue:
+                mid = str(member["ID"])
+                if view.healthy.get(mid, True) or not any(str(m["ID"]) == mid for m in view.members):
+                    continue  # back, or removed by another
+                reason = rules.unsafe(view, mid)
+                if reason is not None:
+                    log.error("store member %s (%s) is dead but cannot be removed: %s", member.get("name"), mid, reason)
+                    continue
+                rules.remove(store, view, mid)
+                log.warning("removed dead store member %s (%s), unanswered for %.0f s: a live host takes its place",
+                            member.get("name"), mid, now - self._down_since.pop(mid))
+                return True
+        return False
 
     def join(self, store: HttpStore) -> None:
         from pyweave.processes import start_embedded_etcd

@@ -330,11 +330,50 @@ def stop() -> None:
     stop_process(pid, timeout=5.0)
 
 
+def _leave_store(state: HostState, config, *, force: bool) -> None:
+    """A host whose etcd is a member of the embedded store leaves it before it goes: its member is
+    removed (a leader hands its leadership over first), under the join lock, and only if the store
+    keeps its quorum without it (else the reset is refused, unless --force). A live non-member then
+    takes its place (`pyweave.agent.membership`). The agent's supervisor is held off meanwhile."""
+    from store import members as rules
+    from store.errors import StoreError
+
+    if config is None or not config.embedded_etcd or config.store_members <= 0 or not config.address:
+        return
+    me = f"http://{config.address}:2380"
+    own = f"http://{config.address}:2379"
+    raw = open_store([u for u in config.store if u != own] + [own])  # not the one that goes, first
+    state.etcd_hold_path.touch()  # the removed etcd exits: the supervisor must not start it again
+    try:
+        lease = raw.grant_lease(15)
+        with rules.locked(raw, config.name, lease, wait=20.0) as held:
+            if not held:
+                raise rules.MembershipError("another change of the store's membership is under way")
+            view = rules.look(raw)
+            member = view.with_peer(me)
+            if member is None:
+                return
+            rules.remove(raw, view, str(member["ID"]))
+        raw.revoke_lease(lease)
+        say(f"left the store: member {member.get('name') or member['ID']} removed; a live host takes its place")
+    except StoreError as err:
+        if force:
+            say(f"warning: this host's store member was not removed ({err}); --force: resetting anyway")
+            return
+        state.etcd_hold_path.unlink(missing_ok=True)
+        fail(f"this host is a member of the store and cannot leave it: {err}. Nothing was changed; bring the "
+             f"store's other members back (or wait until a replacement has joined) and reset again, or "
+             f"`pyweave reset --force` (docs/store.md)")
+
+
 @app.command()
-def reset() -> None:
+def reset(
+    force: bool = typer.Option(False, "--force", help="Reset even if this host's store member cannot leave the store safely."),
+) -> None:
     """Stop the agent, remove this host's kernel devices and records, and leave the cluster.
 
-    Example: `pyweave reset`.
+    Example: `pyweave reset`. A host whose etcd is a member of the embedded store leaves the store
+    first; the reset is refused if the store would lose its quorum (`--force` resets anyway).
     """
     from dataplane.host import remove_all_owned, remove_local_address
     from pyweave.dnsnames import SERVICE_ADDRESS
@@ -343,6 +382,7 @@ def reset() -> None:
 
     state = HostState()
     config = state.load()
+    _leave_store(state, config, force=force)
     pid = state.agent_pid()
     if pid is not None:
         stop_process(pid, timeout=5.0)
@@ -374,4 +414,81 @@ def rmpeer(host: str = typer.Argument(..., help="Name of a dead host.")) -> None
     if rec is not None and rec.state == "alive":
         fail(f"host {host} is alive; `pyweave stop` or `pyweave reset` it first, or wait until it is dead")
     freed = c.cluster.take_over(host)
+    _remove_dead_member(c, host)
     typer.echo(f"{freed} IPs taken over from {host}")
+
+
+def _remove_dead_member(c: Context, host: str) -> None:
+    """rmpeer of a host whose etcd was a member of the embedded store: its member goes at once
+    (instead of after the agents' grace), never below quorum; a live non-member takes its place."""
+    from store import members as rules
+    from store.errors import StoreError
+
+    if c.config.store_members <= 0:
+        return
+    raw = c.raw
+    try:
+        view = rules.look(raw)
+        member = view.named(host)
+        if member is None:
+            return
+        lease = raw.grant_lease(15)
+        with rules.locked(raw, c.config.name, lease, wait=20.0) as held:
+            if not held:
+                raise rules.MembershipError("another change of the store's membership is under way")
+            rules.remove(raw, rules.look(raw), str(member["ID"]))
+        raw.revoke_lease(lease)
+        say(f"removed {host}'s store member; a live host takes its place")
+    except StoreError as err:
+        say(f"warning: {host}'s store member was not removed: {err}")
+
+
+@app.command("store-recover")
+def store_recover(
+    force: bool = typer.Option(False, "--force", help="Recover even if the store seems to have its quorum."),
+) -> None:
+    """Bring back a store that lost its quorum for good, from this host's member (docs/store.md).
+
+    Example: `pyweave store-recover` on a host whose store member survived when most members died.
+    Its data is copied aside (etcd-backup-TIME in the state directory), then its etcd restarts as a
+    store of one member with that data (etcd's --force-new-cluster); live hosts then join it until
+    the store has its members again. The dead members' hosts must not come back with their old data:
+    `pyweave reset --force` them first.
+    """
+    import time
+
+    from pyweave.processes import ProcessError, start_embedded_etcd
+    from store import members as rules
+    from store.errors import StoreError
+
+    state = HostState()
+    config = state.load()
+    if config is None or not config.embedded_etcd or not (state.etcd_dir / "member").exists() or not config.address:
+        fail("this host runs no member of the embedded store; run `pyweave store-recover` on one that does")
+    own = f"http://{config.address}:2379"
+    try:
+        view = rules.look(open_store([own]), timeout=1.0)
+    except StoreError as err:
+        fail(f"this host's store member does not answer ({err}); `pyweave launch` brings it back first")
+    voters = view.voters()
+    healthy = [m for m in voters if view.healthy.get(str(m["ID"]))]
+    if len(healthy) >= rules.quorum(len(voters)) and not force:
+        fail(f"the store has its quorum ({len(healthy)} of {len(voters)} voting members answer): nothing to recover")
+    backup = state.dir / f"etcd-backup-{time.strftime('%Y%m%d-%H%M%S')}"
+    state.etcd_hold_path.touch()  # the agent's supervisor keeps off while the member restarts
+    try:
+        pid = state.etcd_pid()
+        if pid is not None:
+            stop_process(pid, timeout=10.0)
+        state.etcd_pid_path.unlink(missing_ok=True)
+        shutil.copytree(state.etcd_dir, backup)
+        start_embedded_etcd(state, config, config.address, force_new_cluster=True)
+        wait_store(open_store([own]), 30.0, "this host's store member, alone")
+    except ProcessError as err:
+        fail(str(err))
+    finally:
+        state.etcd_hold_path.unlink(missing_ok=True)
+    config.store = [own]
+    state.save(config)
+    say(f"the store is this host's member alone now ({len(voters) - 1} dead member(s) dropped, data copied to "
+        f"{backup}); live hosts join it until it has {config.store_members} members again")

@@ -9,7 +9,7 @@ from pyweave.cli.status import _render_peers, _render_status
 COMMANDS = [
     ["launch"], ["stop"], ["reset"], ["status"], ["status", "peers"], ["status", "ipam"], ["status", "connections"], ["run"], ["attach"],
     ["detach"], ["expose"], ["hide"], ["rmpeer"], ["dns-add"], ["dns-remove"], ["dns-lookup"], ["ps"], ["report"],
-    ["version"],
+    ["version"], ["store-recover"],
 ]
 
 
