@@ -33,14 +33,15 @@ def launched_lab():
 
 
 REPORT = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
-CHAOS_TESTS = ("tests/lab/test_chaos.py", "tests/lab/test_chaos_cluster.py", "tests/lab/test_chaos_docker.py")
+CHAOS_TESTS = ("tests/lab/test_chaos.py", "tests/lab/test_chaos_cluster.py", "tests/lab/test_chaos_docker.py",
+               "tests/lab/test_store_ha.py")
 _report_note: list[str] = []
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Generate docs/reliability.md, every line of it, from what the failure scenarios recorded
-    (labtools.record) in this session: tests/lab/test_chaos.py, test_chaos_cluster.py and
-    test_chaos_docker.py.
+    (labtools.record) in this session: tests/lab/test_chaos.py, test_chaos_cluster.py,
+    test_chaos_docker.py and test_store_ha.py (the embedded store's scenarios, 10-12).
 
     The file is written only when every scenario (every part of it, labtools.PARTS) was recorded
     in this session. A run of only some scenarios (one test alone, a failed scenario) writes

@@ -72,6 +72,9 @@ SCENARIOS: dict[int, str] = {
     7: "bridge, VXLAN device, FDB and neighbour entry deleted by hand",
     8: "bad data written with etcdctl",
     9: "SIGTERM to an agent",
+    10: "embedded store of 3: the first host dies",
+    11: "embedded store: kill -9 of an etcd member",
+    12: "embedded store: `pyweave reset` of a member host",
 }
 # Scenarios measured by more than one test: the parts, in the order the row shows them.
 PARTS: dict[int, tuple[str, ...]] = {8: ("etcdctl", "property")}
@@ -97,6 +100,9 @@ TARGETS = {
     "intent_after_outage": Target("intent written after etcd's restart applied", 2.0, "s"),
     "repair": Target("slowest repair of a hand-deleted object", 12.0, "s"),
     "sigterm": Target("agent stopped after SIGTERM", 2.0, "s"),
+    "run_after_first_host_death": Target("`pyweave run` on two survivors after the first host died", 10.0, "s"),
+    "etcd_back": Target("embedded etcd back after kill -9", 5.0, "s"),
+    "member_replaced_after_reset": Target("3 healthy voting members again after a member's reset", 30.0, "s"),
 }
 
 # number -> part -> {"measured": text, "targets": [verdicts]}

@@ -1,16 +1,20 @@
-"""Issue 13: an embedded store that looks after itself. The embedded etcd is supervised (item 5)."""
+"""Issue 13: an embedded store that looks after itself: supervised (item 5), formed through any peer
+(items 1, 2), membership following the hosts (item 3). Scenarios 10-12 of docs/reliability.md are
+recorded here (labtools.record)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from labtools import ping, run_container, wait_for
+from labtools import TARGETS, ping, record, run_container, wait_for
 
+from pyweave.agent.membership import MEMBER_GRACE
 from pyweave.host import pid_alive
 from pyweave_lab import Lab, leftovers
 
@@ -55,6 +59,8 @@ def test_kill_9_of_the_embedded_etcd_is_repaired_within_5_s(pair):
     b = run_container(lab, 1, "10.130.0.2/24", "busybox", "sleep", "3600")
     assert ping(a, "10.130.0.2") and ping(b, "10.130.0.1")
     print(f"embedded etcd back {back:.2f} s after kill -9")
+    record(11, f"the agent's supervisor restarted it; the store answered again {back:.1f} s after the kill; "
+               f"containers started on both hosts afterwards ping each other", targets=[TARGETS["etcd_back"].verdict(back, 1)])
 
 
 def test_launch_on_a_running_host_brings_its_store_member_back(pair):
@@ -96,6 +102,86 @@ def members(lab: Lab, host: int) -> list[dict]:
 
 def voters(lab: Lab, host: int) -> set[str]:
     return {m.get("name", "") for m in members(lab, host) if not m.get("isLearner") and m.get("name")}
+
+
+def healthy_voters(lab: Lab, host: int) -> set[str]:
+    """Voting members whose own endpoint answers, as host's `pyweave status --json` says."""
+    r = lab.pyweave(host, "status", "--json")
+    if r.returncode != 0:
+        return set()
+    store = json.loads(r.stdout)["store"]
+    return {m["name"] for m in store["members"] if not m["learner"] and m["healthy"]}
+
+
+class RunLoop:
+    """`pyweave run` again and again on one host (each container removed after), counting failures."""
+
+    def __init__(self, lab: Lab, host: int, subnet: str) -> None:
+        self.lab, self.host, self.subnet = lab, host, subnet
+        self.runs = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            r = self.lab.pyweave(self.host, "run", f"{self.subnet}.{self.runs % 200 + 1}/24", "busybox", "sleep", "3600")
+            self.runs += 1
+            if r.returncode != 0:
+                self.errors.append(r.stderr.strip())
+                continue
+            self.lab.exec(self.host, "docker", "rm", "-f", r.stdout.strip())
+
+    def __enter__(self) -> RunLoop:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def test_three_hosts_launched_at_once_all_join_and_a_reset_member_is_replaced():
+    """Acceptance of items 2 and 3: B, C and D launched at the same moment against A: all join, the
+    store ends with 3 healthy voting members. Then `pyweave reset` on a member host (not A): it leaves
+    the store, the non-member joins in its place, the store keeps 3 healthy voting members, and a
+    `pyweave run` loop on A meanwhile sees no client error."""
+    with Lab(4) as lab:
+        assert lab.pyweave(0, "launch").returncode == 0
+        with ThreadPoolExecutor(3) as pool:
+            launches = [pool.submit(lab.pyweave, i, "launch", lab.hosts[0].address) for i in (1, 2, 3)]
+            for r in (f.result() for f in launches):
+                assert r.returncode == 0, r.stderr
+        started = time.monotonic()
+        wait_for(lambda: len(voters(lab, 0)) == 3 and len(members(lab, 0)) == 3 and len(healthy_voters(lab, 0)) == 3,
+                 timeout=90, interval=0.5, message="a store of 3 healthy voting members")
+        formed = time.monotonic() - started
+        assert {p["name"] for p in status_peers(lab, 0) if p["alive"]} == {h.name for h in lab.hosts}
+        first_three = voters(lab, 0)
+        leaving = next(i for i in (1, 2, 3) if lab.hosts[i].name in first_three)
+        joiner = next(i for i in (1, 2, 3) if lab.hosts[i].name not in first_three)
+        with RunLoop(lab, 0, "10.132.0") as loop:
+            time.sleep(2)
+            reset_at = time.monotonic()
+            r = lab.pyweave(leaving, "reset")
+            assert r.returncode == 0, r.stderr
+            reset_took = time.monotonic() - reset_at
+            assert "left the store" in r.stderr
+            wanted = first_three - {lab.hosts[leaving].name} | {lab.hosts[joiner].name}
+            wait_for(lambda: voters(lab, 0) == wanted and healthy_voters(lab, 0) == wanted and len(members(lab, 0)) == 3,
+                     timeout=60, interval=0.5, message="the non-member in the left member's place")
+            replaced = time.monotonic() - reset_at
+            time.sleep(2)
+        assert loop.errors == [], loop.errors
+        assert loop.runs >= 3
+        print(f"3 simultaneous launches: 3 healthy voters {formed:.1f} s after; reset of a member took {reset_took:.1f} s, "
+              f"3 healthy voters again {replaced:.1f} s after it; {loop.runs} runs meanwhile, 0 errors")
+        record(12, f"`pyweave reset` of a member host ({reset_took:.1f} s) left the store first; the non-member joined "
+                   f"in its place: 3 healthy voting members again {replaced:.1f} s after the reset; a `pyweave run` loop on "
+                   f"another host meanwhile: {loop.runs} runs, {len(loop.errors)} errors",
+               targets=[TARGETS["member_replaced_after_reset"].verdict(replaced, 1)])
+        prefix = lab.prefix
+    assert not leftovers(prefix)
 
 
 def test_join_through_any_peer_a_store_of_three_that_survives_the_first_host():
@@ -142,7 +228,51 @@ def test_join_through_any_peer_a_store_of_three_that_survives_the_first_host():
         store = json.loads(lab.pyweave(3, "status", "--json").stdout)["store"]
         assert {m["name"] for m in store["members"] if not m["healthy"]} == {lab.hosts[0].name}
         assert store["leader"] in first_three - {lab.hosts[0].name}
+        # item 3: the dead member is replaced by the live non-member (after the grace, under the lock)
+        survivors = {h.name for h in lab.hosts[1:]}
+        wait_for(lambda: voters(lab, 3) == survivors and healthy_voters(lab, 3) == survivors, timeout=90, interval=0.5,
+                 message="the first host's member replaced by the fourth host")
+        replaced = time.monotonic() - killed
         print(f"store of 3 formed {formed:.1f} s after the fourth launch; after the first host died: "
-              f"run on two hosts done in {ran:.1f} s, pinging in {pinged:.1f} s")
+              f"run on two hosts done in {ran:.1f} s, pinging in {pinged:.1f} s; member replaced in {replaced:.1f} s")
+        record(10, f"`pyweave run` on two survivors done {ran:.1f} s after the death (underlay down, every process "
+                   f"killed), their containers pinging {pinged:.1f} s after it; the dead member replaced by the live "
+                   f"non-member {replaced:.1f} s after it (grace {MEMBER_GRACE:g} s): 3 healthy voting members",
+               targets=[TARGETS["run_after_first_host_death"].verdict(ran, 1)])
+        prefix = lab.prefix
+    assert not leftovers(prefix)
+
+
+def test_quorum_lost_for_good_is_recovered_with_store_recover():
+    """The documented procedure (docs/store.md): two of the three members die for good; the store has
+    no quorum and `pyweave run` fails; `pyweave store-recover` on the surviving member makes it a store
+    of one with its data; the live non-member joins it; `run` works again on both live hosts, and a
+    container started before the loss is still known."""
+    with Lab(4) as lab:
+        assert lab.pyweave(0, "launch").returncode == 0
+        for i in (1, 2, 3):
+            assert lab.pyweave(i, "launch", lab.hosts[0].address).returncode == 0
+        wait_for(lambda: len(healthy_voters(lab, 0)) == 3 and len(members(lab, 0)) == 3, timeout=90, interval=0.5,
+                 message="a store of 3 healthy voting members")
+        before = run_container(lab, 0, "10.133.0.1/24", "busybox", "sleep", "3600")
+        first_three = voters(lab, 0)
+        dead = [i for i in (1, 2, 3) if lab.hosts[i].name in first_three]
+        live = next(i for i in (1, 2, 3) if lab.hosts[i].name not in first_three)
+        for i in dead:
+            lab.kill_host(i)
+        assert lab.pyweave(0, "run", "10.133.0.9/24", "busybox", "sleep", "3600").returncode != 0
+        r = lab.pyweave(0, "store-recover")
+        assert r.returncode == 0, r.stderr
+        recovered = time.monotonic()
+        assert "alone now" in r.stderr
+        wanted = {lab.hosts[0].name, lab.hosts[live].name}
+        wait_for(lambda: healthy_voters(lab, live) == wanted, timeout=90, interval=0.5,
+                 message="the live non-member joined the recovered store")
+        rejoined = time.monotonic() - recovered
+        a = run_container(lab, 0, "10.133.0.2/24", "busybox", "sleep", "3600")
+        b = run_container(lab, live, "10.133.0.3/24", "busybox", "sleep", "3600")
+        assert ping(a, "10.133.0.3") and ping(b, "10.133.0.2") and ping(b, "10.133.0.1")
+        assert before[:12] in lab.pyweave(0, "ps").stdout  # its records survived the recovery
+        print(f"store recovered from one member; the live host joined it {rejoined:.1f} s after store-recover")
         prefix = lab.prefix
     assert not leftovers(prefix)
