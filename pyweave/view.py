@@ -90,6 +90,7 @@ class ClusterView:
         self.tombstones: dict[str, float] = {}
         self.vni_claims: dict[int, str] = {}
         self.links: dict[str, dict] = {}  # host -> peer -> LinkView (pyweave.routes)
+        self.waits: dict[str, Any] = {}  # id -> WaitRecord: someone waits for the peers' progress
         self.config: ClusterConfig | None = None
         # -- what the cross-checks work from ------------------------------------------------------
         self._parse_invalid: dict[str, Invalid] = {}
@@ -298,6 +299,8 @@ class ClusterView:
                 self._changes.local = True
         elif slot == "links":
             self._changes.links = True
+        elif slot == "waits":
+            pass  # read by the pass that writes the progress record
         elif slot == "members" or slot == "tombstones":
             pass
 

@@ -12,6 +12,8 @@ Observed state (written only by the agent that owns it, bound to its host's leas
     hosts/<host>    members/<host>    endpoints/<host>/<container>/<ip>
     dns/<host>/<container>            tombstones/<host>
     links/<host>                      (its view of its underlay links: docs/routing.md)
+Waits (written by a CLI command that waits for the peers, deleted when it is done):
+    waits/<id>
 Progress (outside the watched prefix):
     /pyweave/progress/v1/<host>
 
@@ -35,6 +37,7 @@ DNS = ROOT + "dns/"
 DNS_EXTRA = ROOT + "dnsextra/"
 TOMBSTONES = ROOT + "tombstones/"
 VNIS = ROOT + "vnis/"
+WAITS = ROOT + "waits/"
 LINKS = ROOT + "links/"
 
 Subnetish = ipaddress.IPv4Network | str
@@ -107,6 +110,10 @@ def tombstone_key(host: str) -> str:
 
 def links_key(host: str) -> str:
     return LINKS + host
+
+
+def wait_key(wait_id: str) -> str:
+    return WAITS + wait_id
 
 
 def progress_key(host: str) -> str:

@@ -124,6 +124,16 @@ class Progress:
     vnis: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class WaitRecord:
+    """Someone waits until the peers that program these networks have applied `revision`
+    (`waits/<id>`, written by `pyweave run`): those agents acknowledge at once; when nobody waits,
+    they do not write their progress for a revision alone."""
+
+    revision: int
+    vnis: tuple[int, ...]
+
+
 # -- encoding ---------------------------------------------------------------------------------
 def _dump(obj: Any, *, compact: bool = True) -> bytes:
     if compact:
@@ -185,6 +195,18 @@ def links_value(peers: Mapping[str, LinkView]) -> bytes:
 def progress_value(revision: int, problems: Iterable[Invalid], vnis: Iterable[int] = ()) -> bytes:
     body = {"revision": revision, "problems": [asdict(p) for p in problems], "vnis": sorted(vnis)}
     return json.dumps(body, sort_keys=True).encode()
+
+
+def wait_value(revision: int, vnis: Iterable[int]) -> bytes:
+    return _dump({"revision": revision, "vnis": sorted(vnis)})
+
+
+def parse_wait(obj: dict) -> WaitRecord:
+    revision = _field(obj, "revision", int)
+    vnis = _field(obj, "vnis", list)
+    if isinstance(revision, bool) or revision < 0 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vnis):
+        raise Bad('a wait is {"revision": N, "vnis": [VNI, ...]}')
+    return WaitRecord(int(revision), tuple(int(v) for v in vnis))
 
 
 def parse_progress(raw: bytes) -> Progress:
@@ -432,6 +454,8 @@ def parse_entry(key: str, raw: bytes) -> Entry | Invalid | None:
             return "dns_extra", (rest[0], rest[1]), parse_dns_extra(obj_of(raw))
         if kind == "links" and len(rest) == 1:
             return "links", rest[0], parse_links(raw)
+        if kind == "waits" and len(rest) == 1:
+            return "waits", rest[0], parse_wait(obj_of(raw))
         if kind == "tombstones" and len(rest) == 1:
             return "tombstones", rest[0], float(_field(obj_of(raw), "since", (int, float)))
         raise Bad("unknown key: not part of the schema in docs/keys.md")

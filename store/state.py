@@ -23,6 +23,7 @@ from store.records import (
     IpClaim,
     LinkView,
     NetworkRecord,
+    WaitRecord,
     parse_entry,
 )
 
@@ -41,6 +42,7 @@ class ClusterState:
     dns_extra: dict[tuple[str, str], tuple[tuple, tuple]] = field(default_factory=dict)  # (add, remove)
     tombstones: dict[str, float] = field(default_factory=dict)
     links: dict[str, dict[str, LinkView]] = field(default_factory=dict)  # host -> peer -> its view (docs/routing.md)
+    waits: dict[str, WaitRecord] = field(default_factory=dict)  # id -> a CLI waiting for the peers' progress
     vni_claims: dict[int, str] = field(default_factory=dict)  # vni -> subnet (written with the network)
     config: ClusterConfig | None = None
     invalid: list[Invalid] = field(default_factory=list)

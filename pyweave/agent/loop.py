@@ -326,7 +326,10 @@ class Agent:
         # barrier): acknowledge those at once; a pass that changed nothing here can wait.
         urgent = applied.wrote or any(remote_changes.values())
         vnis = plan.vnis | self._transit_vnis()  # a relay too is waited for by `pyweave run`
-        if not self.publisher.progress(revision, problems, vnis=vnis, urgent=urgent):
+        with view.lock:
+            waited = any(w.revision > self.publisher.written_revision and (not w.vnis or vnis.intersection(w.vnis))
+                         for w in view.waits.values())
+        if not self.publisher.progress(revision, problems, vnis=vnis, urgent=urgent, waited=waited):
             self._wake_later(self.publisher.next_progress_in())
         self._count(view, plan, problems)
         return plan

@@ -39,6 +39,7 @@ class Publisher:
         self._vnis: set[int] = set()
         self._interval = PROGRESS_IDLE_INTERVAL
         self._links: dict[str, LinkView] | None = None
+        self.written_revision = 0  # the revision of the last progress record written
         self._links_written = 0.0
 
     def seed_links(self, views: Mapping[str, LinkView] | None) -> None:
@@ -96,16 +97,22 @@ class Publisher:
         want = {keys.dns_key(self.me, cid): dns_value(recs) for cid, recs in records.items()}
         self._sync(mirror, revision, keys.dns_prefix(self.me), want, frozen, "names of")
 
-    def progress(self, revision: int, problems: list[Invalid], *, vnis: set[int], urgent: bool) -> bool:
+    def progress(
+        self, revision: int, problems: list[Invalid], *, vnis: set[int], urgent: bool, waited: bool = True
+    ) -> bool:
         """The revision applied, the problems found and the networks programmed, written when it
-        changed: at once when the problems or the networks changed, else at most once per
-        `PROGRESS_INTERVAL` if this pass changed the kernel (`urgent`), once per
-        `PROGRESS_IDLE_INTERVAL` if not. A burst of events thus costs a few writes per host, not
-        one per event. False when a write was held back: the caller passes again later."""
+        changed: at once when the problems or the networks changed. A new revision alone is written
+        only while someone waits for it (`waited`: a `waits/` record for these networks, newer than
+        the last revision written), at most once per `PROGRESS_INTERVAL` if this pass changed the
+        kernel (`urgent`), once per `PROGRESS_IDLE_INTERVAL` if not. When nobody waits, a burst of
+        events costs no progress write at all (issue 11: at most 3 requests per new endpoint). False
+        when a write was held back: the caller passes again later."""
         body = progress_value(revision, problems, vnis)
         if body == self._last_progress:
             return True
         fresh = set(problems)
+        if fresh == self._reported and vnis == self._vnis and self._last_progress and not waited:
+            return True  # only the revision moved, and nobody waits for it
         self._interval = PROGRESS_INTERVAL if urgent else min(self._interval, PROGRESS_IDLE_INTERVAL)
         if fresh == self._reported and vnis == self._vnis and time.monotonic() - self._last_write < self._interval:
             return False
@@ -116,6 +123,7 @@ class Publisher:
         self.raw.put(keys.progress_key(self.me), body, lease=self._lease())
         log.debug("progress revision=%d written", revision)
         self._last_progress = body
+        self.written_revision = revision
         self._last_write = time.monotonic()
         self._vnis = set(vnis)
         self._interval = PROGRESS_IDLE_INTERVAL

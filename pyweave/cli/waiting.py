@@ -8,13 +8,14 @@ the problems it found), and the progress records of the live peers.
 from __future__ import annotations
 
 import queue
+import secrets
 import time
 from collections.abc import Callable
 
 from pyweave.cli.base import Context, fail, say
 from store import keys
 from store.errors import StoreError
-from store.records import parse_progress
+from store.records import parse_progress, wait_value
 
 ATTACH_TIMEOUT = 20.0
 PEER_BARRIER_TIMEOUT = 5.0
@@ -148,6 +149,9 @@ def wait_peers(ctx: Context, revision: int, vnis: set[int], timeout: float = PEE
         return
     deadline = time.monotonic() + timeout
     changes = _Changes(ctx.raw, [keys.PROGRESS_ROOT, keys.HOSTS], listed + 1)
+    # Say that we wait: agents write a progress record for a new revision alone only then.
+    wait = keys.wait_key(f"{ctx.me}-{secrets.token_hex(6)}")
+    ctx.raw.put(wait, wait_value(revision, vnis))
     try:
         while behind and time.monotonic() < deadline:
             batch = changes.next(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
@@ -163,6 +167,10 @@ def wait_peers(ctx: Context, revision: int, vnis: set[int], timeout: float = PEE
                         behind.discard(host)
     finally:
         changes.close()
+        try:
+            ctx.raw.delete(wait)
+        except StoreError:
+            pass  # a wait left behind is harmless: satisfied by the next progress any peer writes
     if behind:
         say(f"warning: peers {', '.join(sorted(behind))} have not yet applied the change")
 

@@ -201,6 +201,8 @@ def test_store_outage_removes_no_port(hosts):
     put_json(store.inner, f"{ROOT}endpoints/{PEER}/{PEER_CID}/10.0.0.2",
              {"ip": "10.0.0.2", "prefixlen": 24, "subnet": "10.0.0.0/24", "vni": VNI, "mac": "02:00:00:00:00:33",
               "ifname": "ethwe"}, lease=store.inner.get(f"{ROOT}hosts/{PEER}").lease)
+    # Someone waits for this host's progress (a `pyweave run`), so the pass must write it.
+    put_json(store.inner, f"{ROOT}waits/cli-1", {"revision": 10**9, "vnis": [VNI]})
     h.settled()
     store.go_down()
     wait_for(lambda: not h.agent.watcher.connected, message="the mirror to notice the outage")
@@ -265,3 +267,29 @@ def test_run_reconciles_on_changes_survives_an_outage_and_stops_on_its_event(hos
     h.stop()  # stop event + wake: run() returns, every thread ends (asserted)
     assert h.dataplane.ports().keys() == {(CID, VNI), ("c" * 64, VNI)}  # a graceful stop keeps the kernel
     assert json.loads(store.inner.get(f"{ROOT}hosts/{ME}").value)["state"] == "stopped"
+
+
+def test_progress_for_a_new_revision_alone_is_written_only_while_someone_waits(hosts):
+    """Issue 11: a burst nobody waits for costs no progress writes; a `pyweave run` that waits
+    (a waits/ record for the host's networks) gets its acknowledgement at once."""
+    h = hosts()
+    cluster(h.store)
+    h.start_mirror()
+    h.converge()
+
+    def written() -> int:
+        return json.loads(h.store.get(f"/pyweave/progress/v1/{ME}").value)["revision"]
+
+    before = written()
+    put_json(h.store, f"{ROOT}endpoints/{PEER}/{PEER_CID}/10.0.0.2",
+             {"ip": "10.0.0.2", "prefixlen": 24, "subnet": "10.0.0.0/24", "vni": VNI, "mac": "02:00:00:00:00:44",
+              "ifname": "ethwe"}, lease=h.store.get(f"{ROOT}hosts/{PEER}").lease)
+    h.settled()
+    h.agent.reconcile(full=False)
+    assert written() == before  # applied (below), acknowledged by nobody
+    assert h.dataplane.remote[VNI] == {RemoteEntry("02:00:00:00:00:44", "10.0.0.2", "198.18.0.2")}
+    wanted = put_json(h.store, f"{ROOT}waits/cli-2", {"revision": h.store.revision(), "vnis": [VNI]})
+    h.settled()
+    wait_for(lambda: h.agent.publisher.next_progress_in() == 0, message="the progress rate limit to pass")
+    h.agent.reconcile(full=False)
+    assert written() >= wanted
