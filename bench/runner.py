@@ -29,8 +29,8 @@ from bench.context import BenchContext
 from bench.report import SectionResult
 from bench.sizes import FULL, QUICK
 
-SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale", "ghosts", "routing")
-LAB_SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "routing")
+SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale", "ghosts", "routing", "encryption")
+LAB_SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "routing", "encryption")
 DEFAULT_OUT = machine.REPO / "docs" / "performance.md"
 FULL_BUDGET_S = 14.5 * 60  # issue 6: the full run finishes in under 15 minutes on 2 cores
 
@@ -119,11 +119,12 @@ TITLES = {
     "scale": "6. Control-plane scale",
     "ghosts": "7. One host at cluster scale",
     "routing": "8. Routing",
+    "encryption": "9. Encryption",
 }
 
 
 def run(ctx: BenchContext, sections: list[str]) -> list[SectionResult]:
-    from bench import agent_cost, cli_overhead, convergence, datapath, ghosts, routing, scale
+    from bench import agent_cost, cli_overhead, convergence, datapath, encryption, ghosts, routing, scale
 
     results: list[SectionResult] = []
     wanted_dp = [s for s in ("throughput", "latency") if s in sections]
@@ -157,6 +158,9 @@ def run(ctx: BenchContext, sections: list[str]) -> list[SectionResult]:
     if "routing" in sections:
         ctx.close_lab()  # a lab of its own (4 hosts, links cut and restored)
         results.append(_run_section(ctx, "routing", TITLES["routing"], lambda: routing.run(ctx)))
+    if "encryption" in sections:
+        ctx.close_lab()  # two labs of its own (plain and --password)
+        results.append(_run_section(ctx, "encryption", TITLES["encryption"], lambda: encryption.run(ctx)))
     return results
 
 

@@ -24,6 +24,7 @@ TITLES = [
     "6. Control-plane scale",
     "7. One host at cluster scale",
     "8. Routing",
+    "9. Encryption",
 ]
 
 
