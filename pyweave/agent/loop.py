@@ -120,6 +120,7 @@ class Agent:
         self.router = Router(self.me)
         self.prober = Prober(self.me, underlay.address, on_change=self.wake) if probe else None
         self._transit_wanted: dict[tuple[int, int], dict[str, str]] = {}
+        self._own_up: frozenset[str] = frozenset()  # the peers this host's prober saw up at the last pass
 
     # -- wiring --------------------------------------------------------------------------------
     @property
@@ -253,9 +254,12 @@ class Agent:
                 self.applier.forget()
             revision = view.revision
             rerouted: set[str] = set()
-            routing = changes.links or changes.hosts or changes.reset or not self._routed
+            probed = self.prober.snapshot() if self.prober is not None else None
+            own_up = frozenset(p for p, v in probed.items() if v.up) if probed is not None else frozenset()
+            routing = changes.links or changes.hosts or changes.reset or not self._routed or own_up != self._own_up
+            self._own_up = own_up
             if routing:
-                rerouted = self._route(view)
+                rerouted = self._route(view, probed)
             plan = plan_host(
                 view, self.me, containers, existing, mtu=self.mtu,
                 dns_domain=self.config.dns_domain if self.config.dns else None, with_remote=False,
@@ -339,7 +343,7 @@ class Agent:
     def _routed(self) -> bool:
         return bool(self.router.routes) or not self.view.hosts
 
-    def _route(self, view: ClusterView) -> set[str]:
+    def _route(self, view: ClusterView, probed) -> set[str]:
         """Routes again from the links and hosts (under the view's lock); the underlay addresses
         whose FDB destination changed. The prober follows the alive hosts."""
         hosts = {name: rec.address for name, rec in view.hosts.items()}
@@ -347,7 +351,7 @@ class Agent:
             self._update_tunnel(view)
         if self.prober is not None:
             self.prober.set_peers({n: rec.address for n, rec in view.hosts.items() if n != self.me and rec.state == "alive"})
-        return self.router.update(view.links, hosts)
+        return self.router.update(view.links, hosts, own=probed)
 
     def _update_tunnel(self, view: ClusterView) -> None:
         assert self.tunnel is not None

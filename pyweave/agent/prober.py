@@ -44,6 +44,12 @@ RTT_WRITE_INTERVAL = 5.0
 RTT_SMOOTHING = 0.3  # weight of a new sample in the smoothed RTT (EWMA)
 SEQ_WINDOW = 1024  # a pong must echo one of the last SEQ_WINDOW pings sent to that peer
 MAX_WAIT = 0.05  # longest select(): how fast run() notices `stop`
+# A peer's kernel that answers a ping with ICMP "port unreachable" is reachable: its agent is down
+# (restarting), not the link. The kernel rate-limits those replies (a burst of 6, then 1 a second by
+# default: net.ipv4.icmp_ratelimit), so such an answer keeps the link up for longer than a pong does.
+KERNEL_ANSWER_GRACE = 1.5
+SO_EE_ORIGIN_ICMP = 2
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h (the socket module has it from 3.12 on)
 
 
 def encode(kind: int, seq: int, sent_ns: int, sender: str) -> bytes:
@@ -99,6 +105,7 @@ class ProbeStats:
     send_errors: int = 0
     malformed: int = 0  # not a probe, a bad kind or name, a pong for a ping never sent
     unknown: int = 0  # a well-formed probe from a name (or an address) that is not a peer
+    kernel_answers: int = 0  # ICMP port unreachable from a peer: its kernel answered, its agent did not
     changes: dict[str, int] = field(default_factory=dict)  # peer -> up/down changes
 
 
@@ -114,6 +121,7 @@ class _Peer:
     last_pong: float = 0.0  # clock time of the last pong (or of the seed, for a link seeded up)
     due: float = 0.0  # clock time of the next ping
     seeded: bool = False  # up from a seed, not yet confirmed by a pong
+    kernel_seen: float = float("-inf")  # clock time of the last ICMP port unreachable from the peer
 
     def view(self) -> LinkView:
         return LinkView(up=self.up, rtt_ms=None if self.rtt_ms is None else round(self.rtt_ms, 3), since=self.since)
@@ -241,6 +249,7 @@ class Prober:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # ICMP errors, with their address
                 sock.bind((self.address, self.port))
                 sock.setblocking(False)
             except OSError as e:
@@ -263,7 +272,8 @@ class Prober:
     def _next_wakeup(self) -> float:
         with self._lock:
             times = [p.due for p in self._peers.values()]
-            times += [p.last_pong + self.down_after for p in self._peers.values() if p.up]
+            times += [max(p.last_pong + self.down_after, p.kernel_seen + KERNEL_ANSWER_GRACE)
+                      for p in self._peers.values() if p.up]
         return min(times, default=self.clock() + MAX_WAIT)
 
     def _send_due(self, sock: socket.socket, now: float) -> None:
@@ -291,7 +301,31 @@ class Prober:
                 log.debug("prober: send to %s: %s", address, e)
             return False
 
+    def _kernel_answers(self, sock: socket.socket) -> None:
+        """Drain the socket's error queue: an ICMP port unreachable from a peer's address means its
+        kernel is there (the path works) while nothing listens: its agent is restarting."""
+        for _ in range(256):
+            try:
+                _data, ancdata, _flags, address = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for level, kind, payload in ancdata:
+                if level != socket.IPPROTO_IP or kind != IP_RECVERR or len(payload) < 8:
+                    continue
+                ee_errno, ee_origin = struct.unpack_from("=IB", payload)
+                if ee_errno != errno.ECONNREFUSED or ee_origin != SO_EE_ORIGIN_ICMP:
+                    continue
+                now = self.clock()
+                with self._lock:
+                    for peer in self._peers.values():
+                        if peer.address == address[0]:
+                            peer.kernel_seen = now
+                            self.stats.kernel_answers += 1
+
     def _receive(self, sock: socket.socket) -> None:
+        self._kernel_answers(sock)
         for _ in range(1024):  # drain what is queued, but come back to sending in time
             try:
                 data, (src, _port) = sock.recvfrom(2048)
@@ -340,6 +374,7 @@ class Prober:
                 return  # a duplicate, or a late pong for an older ping: no news
             peer.answered = seq
             peer.last_pong = now
+            peer.kernel_seen = float("-inf")  # its agent answers again
             peer.seeded = False
             peer.rtt_ms = rtt_ms if peer.rtt_ms is None else (1 - RTT_SMOOTHING) * peer.rtt_ms + RTT_SMOOTHING * rtt_ms
             if not peer.up and peer.streak >= self.up_after:
@@ -353,7 +388,7 @@ class Prober:
     def _expire(self, now: float) -> None:
         with self._lock:
             for name, peer in self._peers.items():
-                if peer.up and now - peer.last_pong > self.down_after:
+                if peer.up and now - peer.last_pong > self.down_after and now - peer.kernel_seen > KERNEL_ANSWER_GRACE:
                     self._flip(name, peer, False)
 
     def _flip(self, name: str, peer: _Peer, up: bool) -> None:

@@ -6,7 +6,10 @@ From the links every host publishes (`ClusterView.links`), it computes this host
 - a peer reached directly: its underlay address (the network device's own port, 4789);
 - a peer reached through a relay in h hops: "RELAY-ADDRESS:PORT", port 4789 + (h - 1), the hop
   budget the relay may still spend;
-- a peer unreachable: what it had (the kernel keeps the last route; a peer never routed goes direct).
+- a peer unreachable: the last route that lasted (STABLE_AFTER; a relay whose agent restarts still
+  relays in the kernel), not one seen for a moment while the hosts' views disagreed (a peer whose
+  agent died looks unreachable to one host a moment before the others notice); a peer never
+  routed goes direct.
 
 And, when some hosts of a network cannot reach each other directly, the transit tables this host
 serves for that network: per budget k, MAC -> next destination for every endpoint at most k hops
@@ -20,16 +23,20 @@ import time
 from collections.abc import Iterable, Mapping
 
 from dataplane.api import VXLAN_PORT, RemoteEntry
-from pyweave.routes import Route, routes_from, transit_budgets, usable_links
+from pyweave.routes import LinkView, Route, routes_from, transit_budgets, usable_links
 
 log = logging.getLogger("pyweave.agent")
 
 TRANSIT_GRACE = 30.0  # seconds a transit device no longer needed is kept (a flapping link)
+STABLE_AFTER = 1.0  # seconds a route must have lasted to be the one kept while a peer is unreachable
 
 
 class Router:
-    def __init__(self, me: str) -> None:
+    def __init__(self, me: str, *, clock=time.monotonic) -> None:
         self.me = me
+        self.clock = clock
+        self._stable: dict[str, str] = {}  # peer address -> the last target held for STABLE_AFTER
+        self._set_at: dict[str, float] = {}  # peer address -> when its target was set (clock)
         self.routes: dict[str, Route] = {}
         self.changed_at: dict[str, float] = {}  # peer -> wall time of its last route change
         self._target: dict[str, str] = {}  # peer underlay address -> FDB destination
@@ -56,18 +63,38 @@ class Router:
         target = self._target.get(entry.underlay)
         return entry if target is None or target == entry.underlay else RemoteEntry(entry.mac, entry.ip, target)
 
-    def update(self, links: Mapping[str, Mapping], hosts: Mapping[str, str]) -> set[str]:
+    def update(
+        self, links: Mapping[str, Mapping], hosts: Mapping[str, str], *, own: Mapping[str, LinkView] | None = None
+    ) -> set[str]:
         """Recompute from every host's link views and the alive hosts (name -> address). Returns
-        the underlay addresses whose FDB destination changed."""
+        the underlay addresses whose FDB destination changed.
+
+        `own`: this host's prober's view now. For its own links it is the truth: a pong is a round
+        trip, so a link it sees up works both ways, whatever the peer's published view says (which
+        lags: after the peer's agent restarted, its record still shows the links down it saw while
+        this one was gone). Without it, a restart on both ends looked like a broken link for a moment
+        and sent traffic through a relay that was not ready."""
         self._links = usable_links(links)
+        if own is not None:
+            for peer in list(self._links.get(self.me, {})):
+                self._links[peer].pop(self.me, None)
+            self._links[self.me] = {}
+            for peer, view in own.items():
+                if view.up and peer != self.me:
+                    rtt = view.rtt_ms or 0.0
+                    self._links[self.me][peer] = rtt
+                    self._links.setdefault(peer, {})[self.me] = rtt
         self._address = dict(hosts)
         names = set(hosts)
         self.meshed = all(names - {h} <= self._links.get(h, {}).keys() for h in names)
         routes = routes_from(self.me, self._links, [h for h in hosts if h != self.me])
         changed: set[str] = set()
-        now = time.time()
+        now, tick = time.time(), self.clock()
         for peer, route in routes.items():
             address = hosts[peer]
+            current = self._target.get(address)
+            if current is not None and tick - self._set_at.get(address, float("-inf")) >= STABLE_AFTER:
+                self._stable[address] = current
             old = self.routes.get(peer)
             if old is None or (old.next_hop, old.hops) != (route.next_hop, route.hops):
                 if old is not None or not route.direct:
@@ -79,12 +106,17 @@ class Router:
                 else:
                     target = f"{hosts[route.next_hop]}:{VXLAN_PORT + route.hops - 1}"
             else:
-                target = self._target.get(address, address)  # keep what the kernel has
+                # Keep what the kernel had for a while (a relay whose agent restarts still relays);
+                # a route that lasted a moment only (seen while the views disagreed) is not it.
+                target = self._stable.get(address, address)
             if self._target.get(address, address) != target:
                 changed.add(address)
+                self._set_at[address] = tick
             self._target[address] = target
         for address in set(self._target) - set(hosts.values()):
             del self._target[address]
+            self._stable.pop(address, None)
+            self._set_at.pop(address, None)
         self.routes = routes
         for peer in set(self.changed_at) - set(routes):
             del self.changed_at[peer]

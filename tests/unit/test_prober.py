@@ -114,12 +114,12 @@ def test_link_goes_up_with_an_rtt(probers):
     assert a.stats.pongs_received >= 2 and a.stats.pongs_sent >= 1 and a.stats.unknown == 0
 
 
-def test_link_goes_down_when_the_peer_stops_and_comes_back(probers):
+def test_link_goes_down_when_the_path_breaks_and_comes_back(probers):
     a = probers.start("a", A, {"b": B})
-    probers.start("b", B, {"a": A})
+    b = probers.start("b", B, {"a": A})
     wait_for(lambda: up(a, "b"), timeout=5, message="link up")
     changes = probers.changes["a"]
-    probers.stop("b")
+    b.drop = lambda sender, kind: True  # nothing of a's reaches b any more, and b's kernel is silent
     stopped = time.monotonic()
     wait_for(lambda: not up(a, "b"), timeout=5, message="link down")
     took = time.monotonic() - stopped
@@ -128,18 +128,47 @@ def test_link_goes_down_when_the_peer_stops_and_comes_back(probers):
     down_since = a.snapshot()["b"].since
     assert a.snapshot()["b"].rtt_ms is not None  # the last RTT measured is kept
 
-    probers.start("b", B, {"a": A})
+    b.drop = None
     wait_for(lambda: up(a, "b"), timeout=5, message="link up again")
     assert a.snapshot()["b"].since > down_since
 
 
+def test_a_peer_whose_agent_stopped_but_whose_kernel_answers_keeps_its_link_up(probers):
+    """A restarting agent must not look like a broken link (traffic would be moved to a relay for
+    nothing): its kernel answers the probes with ICMP port unreachable, so the path works."""
+    a = probers.start("a", A, {"b": B})
+    probers.start("b", B, {"a": A})
+    wait_for(lambda: up(a, "b"), timeout=5, message="link up")
+    probers.stop("b")
+    answers = a.stats.kernel_answers
+    wait_for(lambda: a.stats.kernel_answers >= answers + int(3 * DOWN_AFTER / INTERVAL), timeout=5,
+             message="the kernel's answers for three down_after periods")
+    assert up(a, "b")
+
+
+class Silent:
+    """A UDP socket bound where a peer would be, that never answers: no pong, no ICMP."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((address, port))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def test_a_link_never_answered_is_down_and_sends_never_raise(probers):
-    # 127.0.0.3: nobody listens (ICMP port unreachable); 192.0.2.1 (TEST-NET-1): no route, or a black hole
-    a = probers.start("a", A, {"c": C, "x": "192.0.2.1"})
-    wait_for(lambda: a.stats.pings_sent + a.stats.send_errors >= 10, timeout=5, message="probes sent")
-    assert probers.running["a"][2].is_alive()
-    assert {name: view.up for name, view in a.snapshot().items()} == {"c": False, "x": False}
-    assert a.snapshot()["c"].rtt_ms is None
+    # 127.0.0.3: a socket that never answers; 127.0.0.4: nobody listens (ICMP port unreachable only,
+    # which says the host is there, not that the link works: a link must have answered once).
+    silent = Silent(C, probers.port)
+    try:
+        a = probers.start("a", A, {"c": C, "x": "127.0.0.4"})
+        wait_for(lambda: a.stats.pings_sent + a.stats.send_errors >= 10, timeout=5, message="probes sent")
+        assert probers.running["a"][2].is_alive()
+        assert {name: view.up for name, view in a.snapshot().items()} == {"c": False, "x": False}
+        assert a.snapshot()["c"].rtt_ms is None
+    finally:
+        silent.close()
 
 
 def test_asymmetric_failure_is_seen_by_one_side_only(probers):
@@ -191,12 +220,16 @@ def test_a_seeded_link_stays_up_across_a_restart(probers):
 
 def test_a_seeded_link_goes_down_when_the_peer_does_not_answer(probers):
     seed = {"c": LinkView(up=True, rtt_ms=0.2, since=1000.0), "gone": LinkView(up=True, rtt_ms=0.2, since=1000.0)}
-    a = probers.start("a", A, {"c": C}, seed=seed)
-    assert up(a, "c") and set(a.snapshot()) == {"c"}  # peers not alive any more are not reported
-    started = time.monotonic()
-    wait_for(lambda: not up(a, "c"), timeout=5, message="seeded link down")
-    assert time.monotonic() - started <= DOWN_AFTER + INTERVAL + 0.15
-    assert a.snapshot()["c"].since > 1000.0
+    silent = Silent(C, probers.port)
+    try:
+        a = probers.start("a", A, {"c": C}, seed=seed)
+        assert up(a, "c") and set(a.snapshot()) == {"c"}  # peers not alive any more are not reported
+        started = time.monotonic()
+        wait_for(lambda: not up(a, "c"), timeout=5, message="seeded link down")
+        assert time.monotonic() - started <= DOWN_AFTER + INTERVAL + 0.15
+        assert a.snapshot()["c"].since > 1000.0
+    finally:
+        silent.close()
 
 
 def test_peers_come_and_go(probers):
