@@ -1,6 +1,6 @@
 """`python -m bench`: run the sections, print progress, write the report.
 
-    python -m bench                         every section at issue 6's sizes (about 15 min on 2 cores)
+    python -m bench                         every section at full sizes (about 30 min on 2 cores)
     python -m bench --quick                 the CI smoke size: every code path, tiny samples
     python -m bench --only scale            one section (comma-separated or repeated for several)
     python -m bench --out /tmp/perf.md      the report elsewhere (PNG plots go beside it)
@@ -32,7 +32,9 @@ from bench.sizes import FULL, QUICK
 SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale", "ghosts", "routing", "encryption")
 LAB_SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "routing", "encryption")
 DEFAULT_OUT = machine.REPO / "docs" / "performance.md"
-FULL_BUDGET_S = 14.5 * 60  # issue 6: the full run finishes in under 15 minutes on 2 cores
+# Issue 6 asked for under 15 minutes with six sections; with nine (200 simulated hosts in section 6,
+# relays in 8, the tunnel in 9) a full run needs about half an hour on 2 cores.
+FULL_BUDGET_S = 35 * 60
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
