@@ -251,7 +251,7 @@ def enrol(host: str, secret: bytes, name: str, *, port: int, timeout: float = 5.
         proof = hs.prove(_unb64(reply.get("e"), f"{host}'s key"), request)
         status, reply = _post(conn, FINISH_PATH, {"session": reply.get("session"), "request": _b64(request), "proof": _b64(proof)})
         if status == 403:
-            raise EnrolRefused(f"{host}:{port} refused this host's secret: it is not the cluster's")
+            raise EnrolRefused(f"{host}:{port} refused this host's proof: the secret is not the cluster's; launch with the cluster's --password")
         if status != 200:
             raise EnrolError(f"{host}:{port} refused the enrolment: {reply.get('error', status)}")
         raw = hs.open(_unb64(reply.get("proof"), f"{host}'s proof"), _unb64(reply.get("sealed"), f"{host}'s reply"))

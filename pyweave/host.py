@@ -68,6 +68,9 @@ class HostConfig:
     metrics_port: int = 6782  # 0: no metrics
     metrics_addr: str = "127.0.0.1"  # loopback: only this host scrapes, unless launch says otherwise
     encrypted: bool = False  # the cluster has a secret: frames between hosts cross the tunnel (docs/encryption.md)
+    store_ca: str | None = None  # a store of the user's own over TLS: its CA, our client certificate and key
+    store_cert: str | None = None
+    store_key: str | None = None
 
 
 class HostStateError(Exception):

@@ -12,6 +12,7 @@ import sys
 import time
 
 from pyweave.host import HostConfig, HostState, stop_process
+from pyweave.storetls import embedded_tls, scheme, tls_dir
 
 AGENT_START_TIMEOUT = 30.0
 
@@ -42,26 +43,47 @@ def start_embedded_etcd(
         if state.etcd_pid() is not None:
             return None
         fresh = not (state.etcd_dir / "member").exists()
+        s = scheme(config)
         args = [
             etcd,
             "--name", config.name,
             "--data-dir", str(state.etcd_dir),
-            "--listen-client-urls", f"http://{address}:2379,http://127.0.0.1:2379",
-            "--advertise-client-urls", f"http://{address}:2379",
-            "--listen-peer-urls", f"http://{address}:2380",
-            "--initial-advertise-peer-urls", f"http://{address}:2380",
-            "--initial-cluster", initial_cluster or f"{config.name}=http://{address}:2380",
+            "--listen-client-urls", f"{s}://{address}:2379,{s}://127.0.0.1:2379",
+            "--advertise-client-urls", f"{s}://{address}:2379",
+            "--listen-peer-urls", f"{s}://{address}:2380",
+            "--initial-advertise-peer-urls", f"{s}://{address}:2380",
+            "--initial-cluster", initial_cluster or f"{config.name}={s}://{address}:2380",
             "--initial-cluster-state", "new" if fresh and initial_cluster is None else "existing",
             "--auto-compaction-mode", "revision",
             "--auto-compaction-retention", "10000",
             "--log-level", "warn",
-        ]
+        ] + _tls_flags(state, config, address)
         if force_new_cluster:
             args.append("--force-new-cluster")
         with open(state.dir / "etcd.log", "ab") as log:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         state.etcd_pid_path.write_text(str(proc.pid))
         return proc
+
+
+def _tls_flags(state: HostState, config: HostConfig, address: str) -> list[str]:
+    """A cluster with a secret: clients and peers over TLS only, each with a certificate of the
+    cluster's CA (docs/security.md); the member's certificate is made (or made again for a new
+    address) from the CA in the state directory."""
+    if not embedded_tls(config):
+        return []
+    from store.tls import ClusterTls, TlsError
+
+    tls = ClusterTls(tls_dir(state))
+    try:
+        tls.ensure_member(config.name, address)
+    except TlsError as err:
+        raise ProcessError(f"the store's member certificate cannot be made: {err}") from err
+    ca, cert, key = str(tls.ca_cert), str(tls.member_cert), str(tls.member_key)
+    return [
+        "--cert-file", cert, "--key-file", key, "--client-cert-auth", "--trusted-ca-file", ca,
+        "--peer-cert-file", cert, "--peer-key-file", key, "--peer-client-cert-auth", "--peer-trusted-ca-file", ca,
+    ]
 
 
 def start_agent(state: HostState, *, timeout: float = AGENT_START_TIMEOUT) -> int:

@@ -29,7 +29,17 @@ from pyetcd import exceptions as etcd_exceptions
 from pyetcd import utils
 
 from store.errors import Compacted, StoreError, StoreUnavailable
-from store.raw import Change, KeyValue, WatchBatch, WatchCallback, normalise_endpoints, parse_endpoint
+from store.raw import (
+    Change,
+    KeyValue,
+    TlsFiles,
+    WatchBatch,
+    WatchCallback,
+    default_tls,
+    is_tls,
+    normalise_endpoints,
+    parse_endpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +69,13 @@ def _is_retryable(err: BaseException) -> bool:
 class EtcdStore:
     """A thin, error-translating face of one etcd cluster. Thread-safe, as the gRPC client is."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0) -> None:
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0, tls: TlsFiles | None = None) -> None:
         self.endpoints = normalise_endpoints(endpoints)
         self.timeout = timeout
+        # https:// endpoints (a cluster with a secret, docs/security.md): trust the cluster's CA
+        # only and show the client certificate; given, else the process's default.
+        self.tls = tls if tls is not None else default_tls()
+        self._creds: grpc.ChannelCredentials | None = None
         # gRPC's own reconnect backoff grows to minutes; after an etcd outage the client would
         # then refuse calls long after etcd is back. Keep it, and the client's pause before retrying
         # a failed endpoint, short: the callers back off themselves.
@@ -74,7 +88,7 @@ class EtcdStore:
             ("grpc.max_receive_message_length", 64 << 20),
         ]
         self._opts = opts
-        eps = [pyetcd.Endpoint(*parse_endpoint(u), secure=False, time_retry=0.2, opts=opts) for u in self.endpoints]
+        eps = [self._endpoint(u) for u in self.endpoints]
         self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
         self._lock = threading.Lock()
 
@@ -86,11 +100,22 @@ class EtcdStore:
             return
         eps = {}
         for url in new:
-            ep = pyetcd.Endpoint(*parse_endpoint(url), secure=False, time_retry=0.2, opts=self._opts)
+            ep = self._endpoint(url)
             eps[ep.netloc] = ep
         with self._lock:
             self._client.endpoints = {**self._client.endpoints, **eps}
             self.endpoints = self.endpoints + new
+
+    def _endpoint(self, url: str) -> pyetcd.Endpoint:
+        if not is_tls(url):
+            return pyetcd.Endpoint(*parse_endpoint(url), secure=False, time_retry=0.2, opts=self._opts)
+        if self._creds is None:
+            if self.tls is None:
+                self._creds = grpc.ssl_channel_credentials()
+            else:
+                ca, cert, key = self.tls.read()
+                self._creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        return pyetcd.Endpoint(*parse_endpoint(url), secure=True, creds=self._creds, time_retry=0.2, opts=self._opts)
 
     def _call(self, fn: Callable, *args, **kwargs):
         # With failover the client moves to another endpoint only when asked again, so a failed

@@ -5,6 +5,10 @@ its requests together. etcd serves the same API as JSON over HTTP on its client 
 `HttpStore`; the agent, which keeps long watches on a busy store, uses the gRPC client
 (`store.etcd.EtcdStore`). Both implement `store.raw.RawStore` with the same semantics and errors.
 
+Over TLS (`https://` endpoints: a cluster with a secret, docs/security.md), each connection shows the
+client certificate of `TlsFiles` (given, else the process's `store.raw.default_tls()`) and trusts only
+its CA.
+
 Keys and values travel base64-encoded; a request that cannot reach an endpoint (refused, reset,
 timed out) moves to the next one, and when all fail it raises `StoreUnavailable`.
 """
@@ -16,13 +20,14 @@ import builtins
 import http.client
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from store.errors import Compacted, StoreError, StoreUnavailable
-from store.raw import Change, KeyValue, WatchBatch, WatchCallback, normalise_endpoints
+from store.raw import Change, KeyValue, TlsFiles, WatchBatch, WatchCallback, default_tls, normalise_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +63,33 @@ def _kv(item: Mapping[str, Any]) -> KeyValue:
 class HttpStore:
     """A `RawStore` on etcd's JSON gateway; thread-safe (a connection per request)."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0) -> None:
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0, tls: TlsFiles | None = None) -> None:
         self.endpoints = normalise_endpoints(endpoints)
         self.timeout = timeout
+        self.tls = tls if tls is not None else default_tls()
         self._preferred = 0
+        self._ssl: ssl.SSLContext | None = None
+
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context of the https:// endpoints: trust the cluster's CA only, show the client
+        certificate (made once per store object)."""
+        if self._ssl is None:
+            if self.tls is None:
+                ctx = ssl.create_default_context()
+            else:
+                ctx = ssl.create_default_context(cafile=str(self.tls.ca))
+                try:
+                    ctx.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+                except (OSError, ssl.SSLError) as err:
+                    raise StoreError(f"the store's client certificate {self.tls.cert} cannot be used ({err})") from err
+            self._ssl = ctx
+        return self._ssl
+
+    def _connection(self, endpoint: str, timeout: float) -> http.client.HTTPConnection:
+        url = urlsplit(endpoint)
+        if url.scheme == "https":
+            return http.client.HTTPSConnection(url.hostname or "", url.port or 2379, timeout=timeout, context=self._context())
+        return http.client.HTTPConnection(url.hostname or "", url.port or 2379, timeout=timeout)
 
     # -- plumbing ------------------------------------------------------------------------------
     def _post(self, path: str, body: dict) -> dict:
@@ -69,11 +97,9 @@ class HttpStore:
         n = len(self.endpoints)
         for i in range(n):
             index = (self._preferred + i) % n
-            url = urlsplit(self.endpoints[index])
             # A dead member (its host gone) does not refuse: connecting hangs. Give up on it sooner
             # than on a slow answer, and move to the next member.
-            conn = http.client.HTTPConnection(url.hostname or "", url.port or 2379,
-                                              timeout=min(self.timeout, CONNECT_TIMEOUT))
+            conn = self._connection(self.endpoints[index], min(self.timeout, CONNECT_TIMEOUT))
             try:
                 conn.connect()
                 if conn.sock is not None:
@@ -159,8 +185,7 @@ class HttpStore:
         gone, `StoreUnavailable` once when the stream breaks; then nothing more."""
         request = {"create_request": {"key": _b64(prefix), "range_end": _prefix_end(prefix),
                                       "start_revision": str(start_revision)}}
-        url = urlsplit(self.endpoints[self._preferred])
-        conn = http.client.HTTPConnection(url.hostname or "", url.port or 2379, timeout=self.timeout)
+        conn = self._connection(self.endpoints[self._preferred], self.timeout)
         try:
             conn.request("POST", "/v3/watch", body=json.dumps(request), headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
@@ -241,7 +266,7 @@ class HttpStore:
     def endpoint_status(self, endpoint: str, *, timeout: float = 0.5) -> dict | None:
         """One member's own view (/v3/maintenance/status: its ID, the leader's ID, revision, raft
         index, errors), or None when it does not answer within timeout."""
-        one = HttpStore([endpoint], timeout=timeout)
+        one = HttpStore([endpoint], timeout=timeout, tls=self.tls)
         try:
             return one._post("/v3/maintenance/status", {})
         except StoreError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -46,6 +47,40 @@ class WatchBatch:
 WatchCallback = Callable[["WatchBatch | StoreError"], None]
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """What a client of a store over TLS needs: the CA to trust, its certificate and key (PEM files;
+    `store.tls` makes them for the embedded store, docs/security.md)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(CA, certificate, key) as PEM bytes; StoreError naming a file that cannot be read."""
+        out = []
+        for path in (self.ca, self.cert, self.key):
+            try:
+                out.append(Path(path).read_bytes())
+            except OSError as err:
+                raise StoreError(f"{path} cannot be read ({err.strerror}); the store needs it for TLS") from err
+        return out[0], out[1], out[2]
+
+
+_default_tls: TlsFiles | None = None
+
+
+def use_tls(files: TlsFiles | None) -> None:
+    """The certificate files of this process's store clients that are given none (the CLI and the
+    agent talk to one cluster: they set it once, and every `https://` endpoint then uses it)."""
+    global _default_tls
+    _default_tls = files
+
+
+def default_tls() -> TlsFiles | None:
+    return _default_tls
+
+
 def parse_endpoint(url: str) -> tuple[str, int]:
     """'http://10.0.0.1:2379', '10.0.0.1:2379' or '10.0.0.1' -> (host, port)."""
     text = url.strip()
@@ -57,13 +92,18 @@ def parse_endpoint(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or DEFAULT_CLIENT_PORT
 
 
+def is_tls(url: str) -> bool:
+    return url.strip().lower().startswith("https://")
+
+
 def normalise_endpoints(urls: Iterable[str]) -> list[str]:
+    """Endpoints as `http://HOST:PORT`, or `https://HOST:PORT` for a store over TLS."""
     out = []
     for url in urls:
         for part in url.split(","):
             if part.strip():
                 host, port = parse_endpoint(part)
-                out.append(f"http://{host}:{port}")
+                out.append(f"{'https' if is_tls(part) else 'http'}://{host}:{port}")
     if not out:
         raise ValueError("no store endpoint given; use e.g. --store http://10.0.0.1:2379")
     return out

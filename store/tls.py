@@ -29,7 +29,6 @@ import datetime
 import ipaddress
 import os
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -38,6 +37,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from store.raw import TlsFiles
+
+__all__ = ["ClusterTls", "TlsError", "TlsFiles", "cert_ips", "fingerprint", "issue", "make_ca", "signed_by", "write_private"]
+
 CA_DAYS = 3650
 LEAF_DAYS = 3650  # no rotation yet (docs/security.md): a leaf lives as long as the CA
 ORGANISATION = "pyweave"
@@ -45,25 +48,6 @@ ORGANISATION = "pyweave"
 
 class TlsError(Exception):
     """A certificate file is missing, unreadable or not what it should be; the message says which."""
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """What a client of the store needs: the CA to trust, its certificate and key (PEM files)."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        """(CA, certificate, key) as PEM bytes; TlsError naming a file that cannot be read."""
-        out = []
-        for path in (self.ca, self.cert, self.key):
-            try:
-                out.append(path.read_bytes())
-            except OSError as err:
-                raise TlsError(f"{path} cannot be read ({err.strerror})") from err
-        return out[0], out[1], out[2]
 
 
 # -- pure: make and sign ---------------------------------------------------------------------

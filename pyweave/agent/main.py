@@ -57,10 +57,28 @@ def start_join_endpoint(agent: Agent) -> None:
         return {"name": config.name, "store": list(config.store), "store_members": config.store_members}
 
     try:
-        join.serve(info, agent.underlay.address)
+        join.serve(info, agent.underlay.address, enroller=_enroller(agent))
         log.info("join endpoint serving address=%s port=%d", agent.underlay.address, join.JOIN_PORT)
     except OSError as err:
         log.error("join endpoint not started: %s", err)
+
+
+def _enroller(agent: Agent):
+    """In a cluster with a secret whose store runs over TLS, the join endpoint enrols hosts that
+    prove the secret: they get the cluster's CA (`pyweave.enrol`, docs/security.md)."""
+    from pyweave.agent.tunnel import TunnelPaths
+    from pyweave.storetls import embedded_tls, tls_dir
+
+    secret_path = TunnelPaths(agent.state).secret
+    ca_cert, ca_key = tls_dir(agent.state) / "ca.crt", tls_dir(agent.state) / "ca.key"
+    if not embedded_tls(agent.config) or not secret_path.exists() or not ca_key.exists():
+        return None
+    from pyweave.enrol import Enroller
+
+    def bundle(_name: str) -> dict:
+        return {"ca_cert": ca_cert.read_text(), "ca_key": ca_key.read_text()}
+
+    return Enroller(secret_path.read_bytes(), bundle)
 
 
 def main() -> None:
@@ -72,7 +90,10 @@ def main() -> None:
     if config is None:
         sys.exit("pyweave agent: this host was never launched; run `pyweave launch`")
     state.agent_pid_path.write_text(str(os.getpid()))
+    from pyweave.storetls import use_for_this_process
     from store.etcd import EtcdStore
+
+    use_for_this_process(state, config)  # every store client of the agent: TLS when the cluster has a secret
 
     agent = Agent(config=config, state=state, raw=EtcdStore(config.store, timeout=2.0))
     if config.dns:

@@ -65,8 +65,9 @@ class StoreMembership:
         self.lease = lease
         self.on_endpoints = on_endpoints
         self.interval = interval
-        self.peer_url = f"http://{address}:2380"
-        self.client_url = f"http://{address}:2379"
+        s = "https" if config.encrypted else "http"  # a cluster with a secret: its store over TLS (docs/security.md)
+        self.peer_url = f"{s}://{address}:2380"
+        self.client_url = f"{s}://{address}:2379"
         self.member_grace = member_grace
         self.health: dict[str, bool] = {}
         self._down_since: dict[str, float] = {}  # member ID -> when this agent first saw it not answer

@@ -56,10 +56,17 @@ def say(message: str) -> None:
 
 
 def open_store(endpoints: list[str]):
-    """The store as the CLI talks to it: etcd's JSON gateway (`store.http`), no gRPC to load."""
+    """The store as the CLI talks to it: etcd's JSON gateway (`store.http`), no gRPC to load. Over
+    TLS (https:// endpoints) with this host's certificate files (`pyweave.storetls`)."""
     from store.http import HttpStore
 
-    return HttpStore(endpoints, timeout=2.0)
+    tls = None
+    if any(e.lower().startswith("https://") for e in endpoints):
+        from pyweave.storetls import client_tls
+
+        state = HostState()
+        tls = client_tls(state, state.load())
+    return HttpStore(endpoints, timeout=2.0, tls=tls)
 
 
 class Context:

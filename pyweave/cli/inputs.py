@@ -58,7 +58,8 @@ def host_name(name: str) -> str:
 
 
 def store_endpoints(text: str, *, what: str = "") -> list[str]:
-    """`URL[,URL...]`, each `http://HOST[:PORT]`, `HOST[:PORT]` or `HOST` -> ['http://HOST:PORT', ...]."""
+    """`URL[,URL...]`, each `http[s]://HOST[:PORT]`, `HOST[:PORT]` or `HOST` -> ['http[s]://HOST:PORT', ...]
+    (https: a store over TLS, docs/security.md)."""
     parts = [part.strip() for part in text.split(",")]
     if not any(parts):
         raise InputError(f"{what}{text!r} names no store; give URL[,URL...] such as http://10.0.0.1:2379")
@@ -75,13 +76,9 @@ def _store_endpoint(part: str, what: str) -> str:
     scheme, sep, rest = part.partition("://")
     if not sep:
         scheme, rest = "http", part
-    if scheme.lower() == "https":
-        raise InputError(
-            f"{what}{part}: this version of pyweave talks to the store over plain HTTP only; "
-            f"use an http:// endpoint (e.g. {example})"
-        )
-    if scheme.lower() != "http":
-        raise InputError(f"{what}{part}: scheme {scheme}:// is not supported; use http://HOST:PORT (e.g. {example})")
+    if scheme.lower() not in ("http", "https"):
+        raise InputError(f"{what}{part}: scheme {scheme}:// is not supported; use http://HOST:PORT or https://HOST:PORT "
+                         f"(e.g. {example})")
     try:
         split = urlsplit("http://" + rest)
         port = split.port
@@ -94,7 +91,7 @@ def _store_endpoint(part: str, what: str) -> str:
         raise InputError(f"{what}{part}: {host or 'no host'} is not an IPv4 address or host name (e.g. {example})")
     if port == 0:
         raise InputError(f"{what}{part}: the port must be a number from 1 to 65535 (e.g. {example})")
-    return f"http://{host}:{port or DEFAULT_STORE_PORT}"
+    return f"{scheme.lower()}://{host}:{port or DEFAULT_STORE_PORT}"
 
 
 def _valid_store_host(host: str) -> bool:

@@ -92,6 +92,9 @@ def launch(
     password: Optional[str] = typer.Option(None, "--password", envvar="PYWEAVE_PASSWORD", show_envvar=True,
                                            help="The cluster's secret: encrypts every frame between hosts (the same on every host)."),
     password_file: Optional[str] = typer.Option(None, "--password-file", help="Read the secret from this file instead."),
+    store_ca: Optional[str] = typer.Option(None, "--store-ca", help="A store of your own over TLS (--store https://...): the CA file to trust."),
+    store_cert: Optional[str] = typer.Option(None, "--store-cert", help="... and this host's client certificate file."),
+    store_key: Optional[str] = typer.Option(None, "--store-key", help="... and its private key file."),
     store_members: Optional[int] = typer.Option(None, "--store-members", help="etcd members the embedded store forms itself with: 1, 3, 5 or 7 (default 3; the first host sets it).",
                                                 callback=_check_store_members),
 ) -> None:
@@ -110,6 +113,7 @@ def launch(
         _revive_store_member(state)
         fail(f"pyweave is already running on this host (agent pid {running}); `pyweave stop` first", EXIT_RUNNING)
     secret = read_secret(password, password_file)
+    _check_store_files(store, (store_ca, store_cert, store_key))
     config = state.load_or_create(name=name)
     try:
         inputs.host_name(config.name)
@@ -133,6 +137,7 @@ def launch(
         # Weave refuses a range that overlaps a route of the host: containers could not reach it.
         fail(f"the address range {rng} overlaps {overlap.describe()}; choose another with --ipalloc-range")
     members = config.store_members
+    scheme = "https" if secret is not None else "http"  # a cluster with a secret: its store over TLS only
     if store:
         endpoints, embedded, members = inputs.store_endpoints(store), False, 0
     elif peer:
@@ -141,12 +146,13 @@ def launch(
             fail(f"{peer} is this host's own address; on the first host run `pyweave launch` with no peer")
         endpoints, members = _ask_peer(peer, endpoints[0])
     elif not config.store:
-        endpoints, embedded = [f"http://{underlay.address}:2379"], True
+        endpoints, embedded = [f"{scheme}://{underlay.address}:2379"], True
         members = store_members or DEFAULT_STORE_MEMBERS
     elif config.embedded_etcd:
-        endpoints, embedded = [f"http://{underlay.address}:2379"], True
+        endpoints, embedded = [f"{scheme}://{underlay.address}:2379"], True
     else:
         endpoints, embedded = config.store, False
+    _store_tls(state, config, secret, endpoints, store, peer, embedded, (store_ca, store_cert, store_key))
     if metrics_port:
         _check_metrics_listen(metrics_addr, metrics_port, embedded=embedded)
     config.address = underlay.address
@@ -163,6 +169,43 @@ def launch(
     typer.echo(config.name)
 
 
+def _store_tls(state: HostState, config, secret: bytes | None, endpoints: list[str], store: Optional[str],
+               peer: Optional[str], embedded: bool, files: tuple[Optional[str], ...]) -> None:
+    """The store's certificates (docs/security.md): the files given for a store of the user's own
+    over TLS, else the cluster's CA (made by a first host with a secret, got by enrolment through
+    PEER) and this host's client certificate."""
+    from pathlib import Path
+
+    from pyweave.storetls import StoreTlsError, prepare
+
+    if any(files):
+        config.store_ca, config.store_cert, config.store_key = (str(Path(str(f)).resolve()) for f in files)
+        return
+    if store:
+        config.store_ca = config.store_cert = config.store_key = None
+        return
+    try:
+        prepare(state, config.name, secret, endpoints, peer_host=urlsplit(inputs.store_endpoints(peer)[0]).hostname if peer else None,
+                embedded=embedded)
+    except StoreTlsError as err:
+        fail(str(err))
+
+
+def _check_store_files(store: Optional[str], files: tuple[Optional[str], ...]) -> None:
+    """--store https://... comes with --store-ca/--store-cert/--store-key, all three files readable (exit 2)."""
+    from pathlib import Path
+
+    if any(files):
+        if not store or not all(files):
+            fail("--store-ca, --store-cert and --store-key go together, with --store https://...", 2)
+        for opt, f in zip(("--store-ca", "--store-cert", "--store-key"), files):
+            if not Path(str(f)).is_file():
+                fail(f"{opt} {f} is not a readable file; give the PEM file", 2)
+    elif store and any(e.startswith("https://") for e in inputs.store_endpoints(store)):
+        fail("--store https://... needs --store-ca, --store-cert and --store-key (the store's CA, this host's "
+             "client certificate and key)", 2)
+
+
 def _revive_store_member(state: HostState) -> None:
     """The agent runs, but this host's etcd member may be down (and its supervisor waiting out a
     backoff): start it now, wait until the store answers, and end the launch there (exit 0)."""
@@ -177,7 +220,9 @@ def _revive_store_member(state: HostState) -> None:
         start_embedded_etcd(state, config, config.address)
     except ProcessError as err:
         fail(str(err))
-    wait_store(open_store([f"http://{config.address}:2379"]), 30.0, "this host's store member")
+    from pyweave.storetls import scheme
+
+    wait_store(open_store([f"{scheme(config)}://{config.address}:2379"]), 30.0, "this host's store member")
     say(f"pyweave is running on this host (agent pid {state.agent_pid()}); its store member was down: restarted it")
     typer.echo(config.name)
     raise typer.Exit(0)

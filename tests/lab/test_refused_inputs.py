@@ -47,7 +47,7 @@ def unchanged(lab):
 # (arguments of `pyweave launch` on host 2, exit code, words of the message); "{own}" is host 2's
 # address, "{peer}" host 1's.
 LAUNCH = [
-    (["--store", "https://{peer}:2379"], 2, ["--store", "plain HTTP only"]),
+    (["--store", "https://{peer}:2379"], 2, ["--store https://... needs --store-ca"]),
     (["--store", "{peer}:99999"], 2, ["--store", "1 to 65535"]),
     (["--store", "ftp://{peer}"], 2, ["--store", "ftp://"]),
     (["{peer}:abc"], 2, ["PEER", "{peer}:abc"]),

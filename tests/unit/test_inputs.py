@@ -28,7 +28,6 @@ BAD = [
     (inputs.host_name, "-h", ["'-h'", "starting with a letter or digit"]),
     (inputs.host_name, "weave:expose", ["'weave:expose'"]),
     (inputs.host_name, "x" * 64, ["1 to 63"]),
-    (inputs.store_endpoints, "https://10.0.0.1:2379", ["https://10.0.0.1:2379", "http://"]),
     (inputs.store_endpoints, "ftp://10.0.0.1", ["ftp://", "http://HOST:PORT"]),
     (inputs.store_endpoints, "10.0.0.1:99999", ["10.0.0.1:99999", "1 to 65535"]),
     (inputs.store_endpoints, "10.0.0.1:0", ["10.0.0.1:0", "1 to 65535"]),
@@ -79,6 +78,7 @@ GOOD = [
     (inputs.host_name, "Host_2.example", "Host_2.example"),
     (inputs.store_endpoints, "10.0.0.1", ["http://10.0.0.1:2379"]),
     (inputs.store_endpoints, "http://etcd:2379", ["http://etcd:2379"]),
+    (inputs.store_endpoints, "https://10.0.0.1", ["https://10.0.0.1:2379"]),
     (inputs.store_endpoints, " http://10.0.0.1:2379, 10.0.0.2:2479 ,HTTP://10.0.0.3",
      ["http://10.0.0.1:2379", "http://10.0.0.2:2479", "http://10.0.0.3:2379"]),
     (inputs.ipv4_address, "198.18.0.1", "198.18.0.1"),
@@ -110,7 +110,6 @@ def test_the_mtu_must_leave_room_for_vxlan_on_the_underlay():
 # -- the command: exit 2, the option named, nothing saved ------------------------------------------
 # Every one of these is refused before `launch` looks at the host, so it runs without root.
 LAUNCH = [
-    (["--store", "https://10.0.0.1:2379"], "--store"),
     (["--store", "10.0.0.1:99999"], "--store"),
     (["--store", ""], "--store"),
     (["10.0.0.1:abc"], "PEER"),
@@ -146,9 +145,22 @@ def test_launch_refuses_a_bad_value_before_saving_anything(tmp_path, monkeypatch
     assert not (tmp_path / "state").exists()
 
 
+@pytest.mark.parametrize("args", [["--store", "https://10.0.0.1:2379"], ["--store-ca", "/etc/hostname"],
+                                  ["--store", "https://10.0.0.1", "--store-ca", "/x", "--store-cert", "/x", "--store-key", "/x"]])
+def test_a_store_over_tls_needs_its_certificate_files(tmp_path, monkeypatch, args):
+    monkeypatch.setenv("PYWEAVE_STATE_ROOT", str(tmp_path / "state"))
+    monkeypatch.delenv("PYWEAVE_STORE", raising=False)
+    from pyweave.cli.base import CliError
+
+    result = CliRunner().invoke(app, ["launch", *args])
+    assert isinstance(result.exception, CliError), result.output
+    assert result.exception.code == 2 and "--store-ca" in str(result.exception)
+    assert not (tmp_path / "state").exists()
+
+
 def test_a_bad_store_in_the_environment_is_refused_too(tmp_path, monkeypatch):
     monkeypatch.setenv("PYWEAVE_STATE_ROOT", str(tmp_path / "state"))
-    monkeypatch.setenv("PYWEAVE_STORE", "https://10.0.0.1:2379")
+    monkeypatch.setenv("PYWEAVE_STORE", "ftp://10.0.0.1:2379")
     result = CliRunner().invoke(app, ["launch"])
     assert result.exit_code == 2 and "PYWEAVE_STORE" in result.output, result.output
     assert not (tmp_path / "state").exists()
