@@ -44,6 +44,7 @@ RTT_WRITE_INTERVAL = 5.0
 RTT_SMOOTHING = 0.3  # weight of a new sample in the smoothed RTT (EWMA)
 SEQ_WINDOW = 1024  # a pong must echo one of the last SEQ_WINDOW pings sent to that peer
 MAX_WAIT = 0.05  # longest select(): how fast run() notices `stop`
+MIN_WAIT = 0.02  # shortest wait between two rounds of sends (a pong wakes it at once anyway)
 # A peer's kernel that answers a ping with ICMP "port unreachable" is reachable: its agent is down
 # (restarting), not the link. The kernel rate-limits those replies (a burst of 6, then 1 a second by
 # default: net.ipv4.icmp_ratelimit), so such an answer keeps the link up for longer than a pong does.
@@ -232,7 +233,9 @@ class Prober:
                 self._send_due(sock, now)
                 self._expire(now)
                 self._notify_if_due()
-                timeout = max(0.0, min(self._next_wakeup() - self.clock(), MAX_WAIT))
+                # Sends are batched in MIN_WAIT steps: with many peers, waking for each one's ping
+                # (each wake-up walks every peer) cost more than the probes themselves.
+                timeout = max(MIN_WAIT, min(self._next_wakeup() - self.clock(), MAX_WAIT))
                 try:
                     readable, _, _ = select.select([sock], [], [], timeout)
                 except (OSError, ValueError):

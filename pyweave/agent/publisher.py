@@ -113,7 +113,9 @@ class Publisher:
         fresh = set(problems)
         if fresh == self._reported and vnis == self._vnis and self._last_progress and not waited:
             return True  # only the revision moved, and nobody waits for it
-        self._interval = PROGRESS_INTERVAL if urgent else min(self._interval, PROGRESS_IDLE_INTERVAL)
+        # Someone waits (or the kernel just changed): at most PROGRESS_INTERVAL between writes. The
+        # wait usually arrives after the pass that applied the change, so `waited` alone must be urgent.
+        self._interval = PROGRESS_INTERVAL if urgent or waited else min(self._interval, PROGRESS_IDLE_INTERVAL)
         if fresh == self._reported and vnis == self._vnis and time.monotonic() - self._last_write < self._interval:
             return False
         for p in problems:
