@@ -409,6 +409,7 @@ class Agent:
         s.local_endpoints = sum(len(p.cidrs) for p in plan.ports.values())
         s.remote_endpoints = self.applier.remote_count
         s.invalid_records = len(problems)
+        s.relayed_networks = len(self._transit_vnis())
         now = time.monotonic()
         if now - self._last_count < 1.0:
             return  # counting hosts walks them all: once a second is enough for metrics
@@ -427,7 +428,7 @@ class Agent:
         }
         if self.prober is not None:
             s.links_up = {peer: v.up for peer, v in self.prober.snapshot().items()}
-        s.relayed_networks = len(self._transit_vnis())
+
 
     def shutdown(self, *, deadline: float = 1.5) -> None:
         """Graceful stop: keep the kernel as it is, and unbind this host's records from the lease

@@ -50,9 +50,11 @@ def reachable(cid: str, ips: list[str], *, wait: int = 1) -> set[str]:
 
 
 def store_dump(lab: Lab) -> dict[str, str]:
-    """Every key and value under /pyweave/v1/ (progress keys excluded: they tick by themselves)."""
+    """Every key and value under /pyweave/v1/, but those that tick by themselves: progress (outside
+    the prefix), each host's measured links (RTTs) and the waits of commands in flight."""
     out = lab.etcdctl(0, "get", "--prefix", "/pyweave/v1/").stdout.splitlines()
-    return dict(zip(out[::2], out[1::2]))
+    ticking = ("/pyweave/v1/links/", "/pyweave/v1/waits/")
+    return {k: v for k, v in zip(out[::2], out[1::2]) if not k.startswith(ticking)}
 
 
 def mac_of(cid: str, ifname: str = "ethwe") -> str:

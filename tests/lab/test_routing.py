@@ -97,8 +97,9 @@ def test_hosts_that_cannot_reach_each_other_talk_through_a_third(lab_of):
     scraped = lab.exec(1, sys.executable, "-c", SCRAPE, check=True).stdout
     line = f'pyweave_route_hops{{mode="via",peer="{lab.hosts[2].name}",via="{lab.hosts[0].name}"}} 2.0'
     assert line in scraped, [m for m in scraped.splitlines() if "route" in m]
-    relay = lab.exec(0, sys.executable, "-c", SCRAPE, check=True).stdout
-    assert "pyweave_relayed_networks 1.0" in relay
+    # The relay's counters are refreshed once a second: poll.
+    wait_for(lambda: "pyweave_relayed_networks 1.0" in lab.exec(0, sys.executable, "-c", SCRAPE, check=True).stdout,
+             timeout=5, message="the relay's metrics to show the relayed network")
 
 
 def test_a_chain_of_four_hosts_carries_traffic_end_to_end(lab_of):
