@@ -188,7 +188,7 @@ def test_queries_wait_for_a_bounded_pool_and_beyond_its_queue_are_dropped(servic
             release.wait(10)
             return super().resolve(request, handler)
 
-    before = threading.active_count()
+    before = set(threading.enumerate())  # other tests' threads may end meanwhile: count new ones only
     svc = service(Blocking(lambda: INDEX), workers=2, queue_size=3, rate=1000, burst=1000)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -204,7 +204,8 @@ def test_queries_wait_for_a_bounded_pool_and_beyond_its_queue_are_dropped(servic
             time.sleep(0.01)
         # Two workers busy, three queries queued, the other fifteen dropped; no thread per query.
         assert svc.dropped()["busy"] == 15
-        assert threading.active_count() - before == 2 + 2  # the workers and the two serving loops
+        started = [t for t in threading.enumerate() if t not in before]
+        assert len(started) == 2 + 2, [t.name for t in started]  # the workers and the two serving loops
         release.set()
         sock.settimeout(1)
         answers = set()
