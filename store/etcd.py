@@ -32,6 +32,7 @@ from store.errors import Compacted, StoreError, StoreUnavailable
 from store.raw import (
     Change,
     KeyValue,
+    OneKeyWrites,
     TlsFiles,
     WatchBatch,
     WatchCallback,
@@ -66,7 +67,7 @@ def _is_retryable(err: BaseException) -> bool:
     )
 
 
-class EtcdStore:
+class EtcdStore(OneKeyWrites):
     """A thin, error-translating face of one etcd cluster. Thread-safe, as the gRPC client is."""
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0, tls: TlsFiles | None = None) -> None:
@@ -180,10 +181,6 @@ class EtcdStore:
         resp = self._call(self._client.delete_prefix, prefix)
         return resp.deleted
 
-    def create(self, key: str, value: bytes, *, lease: int = 0) -> bool:
-        """Write key only if it does not exist. True if written."""
-        return self.commit(absent=[key], puts=[(key, value)], lease=lease)
-
     def commit(
         self,
         *,
@@ -200,16 +197,6 @@ class EtcdStore:
         compare += [tx.mod(k) == rev for k, rev in (unchanged or {}).items()]
         success = [tx.put(k, v, lease or None) for k, v in puts] + [tx.delete(k) for k in deletes]
         ok, _ = self._call(self._client.transaction, compare=compare, success=success, failure=[])
-        return bool(ok)
-
-    def delete_if(self, key: str, *, mod_revision: int) -> bool:
-        tx = self._client.transactions
-        ok, _ = self._call(
-            self._client.transaction,
-            compare=[tx.mod(key) == mod_revision],
-            success=[tx.delete(key)],
-            failure=[],
-        )
         return bool(ok)
 
     def compact(self, revision: int) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from store.errors import Compacted, StoreError, StoreUnavailable
-from store.raw import Change, KeyValue, TlsFiles, WatchBatch, WatchCallback, default_tls, normalise_endpoints
+from store.raw import Change, KeyValue, OneKeyWrites, TlsFiles, WatchBatch, WatchCallback, default_tls, normalise_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _kv(item: Mapping[str, Any]) -> KeyValue:
     )
 
 
-class HttpStore:
+class HttpStore(OneKeyWrites):
     """A `RawStore` on etcd's JSON gateway; thread-safe (a connection per request)."""
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 3.0, tls: TlsFiles | None = None) -> None:
@@ -148,9 +148,6 @@ class HttpStore:
     def delete(self, key: str) -> bool:
         return int(self._post("/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", 0)) > 0
 
-    def create(self, key: str, value: bytes, *, lease: int = 0) -> bool:
-        return self.commit(absent=[key], puts=[(key, value)], lease=lease)
-
     def commit(
         self,
         *,
@@ -174,9 +171,6 @@ class HttpStore:
             success.append({"request_put": put})
         success += [{"request_delete_range": {"key": _b64(k)}} for k in deletes]
         return bool(self._post("/v3/kv/txn", {"compare": compare, "success": success}).get("succeeded", False))
-
-    def delete_if(self, key: str, *, mod_revision: int) -> bool:
-        return self.commit(unchanged={key: mod_revision}, deletes=[key])
 
     # -- watches -------------------------------------------------------------------------------
     def watch(self, prefix: str, *, start_revision: int, callback: WatchCallback) -> Callable[[], None]:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from store.errors import Compacted, StoreUnavailable
-from store.raw import Change, KeyValue, WatchBatch
+from store.raw import Change, KeyValue, OneKeyWrites, WatchBatch
 
 
 class _Watch:
@@ -31,7 +31,7 @@ class _Watch:
         self.live = True
 
 
-class MemoryStore:
+class MemoryStore(OneKeyWrites):
     def __init__(self) -> None:
         self._data: dict[str, KeyValue] = {}
         self._revision = 1
@@ -88,9 +88,6 @@ class MemoryStore:
                 self.delete(k)
             return len(keys)
 
-    def create(self, key: str, value: bytes, *, lease: int = 0) -> bool:
-        return self.commit(absent=[key], puts=[(key, value)], lease=lease)
-
     def commit(
         self,
         *,
@@ -116,9 +113,6 @@ class MemoryStore:
                     changes.append(Change(k, None, self._revision))
             self._changed(changes)
             return True
-
-    def delete_if(self, key: str, *, mod_revision: int) -> bool:
-        return self.commit(unchanged={key: mod_revision}, deletes=[key])
 
     def compact(self, revision: int) -> None:
         """Forget the history before `revision`: a watch from an older revision gets `Compacted`."""

@@ -109,6 +109,21 @@ def normalise_endpoints(urls: Iterable[str]) -> list[str]:
     return out
 
 
+class OneKeyWrites:
+    """`create` and `delete_if`, the two one-key cases of `commit`, for the store clients to inherit:
+    written once, so the etcd, HTTP and in-memory clients cannot give them different meanings."""
+
+    commit: Callable[..., bool]  # each client's own transaction (the `RawStore.commit` below)
+
+    def create(self, key: str, value: bytes, *, lease: int = 0) -> bool:
+        """Write key only if it does not exist. True if written."""
+        return self.commit(absent=[key], puts=[(key, value)], lease=lease)
+
+    def delete_if(self, key: str, *, mod_revision: int) -> bool:
+        """Delete key only if it is still at `mod_revision`. True if deleted."""
+        return self.commit(unchanged={key: mod_revision}, deletes=[key])
+
+
 class RawStore(Protocol):
     """What the domain tier needs of the raw tier (store.etcd.EtcdStore, or an in-memory fake)."""
 
