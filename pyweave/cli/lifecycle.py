@@ -152,20 +152,27 @@ def launch(
         endpoints, embedded = [f"{scheme}://{underlay.address}:2379"], True
     else:
         endpoints, embedded = config.store, False
-    _store_tls(state, config, secret, endpoints, store, peer, embedded, (store_ca, store_cert, store_key))
-    if metrics_port:
-        _check_metrics_listen(metrics_addr, metrics_port, embedded=embedded)
-    config.address = underlay.address
-    config.mtu = mtu or config.mtu
-    config.lease_ttl = lease_ttl
-    config.dns = not no_dns
-    config.dns_forward = not dns_no_forward
-    config.metrics_port = metrics_port
-    config.metrics_addr = inputs.metrics_addr(metrics_addr)
-    config.dns_domain = inputs.dns_domain(dns_domain)
-    config.store, config.embedded_etcd, config.store_members = endpoints, embedded, members
-    config.encrypted = secret is not None
-    _start_or_roll_back(state, config, wanted, underlay.address, secret=secret)
+    # From here on, files are written (tls/ by enrolment, then the configuration): a launch that
+    # fails leaves the state directory as it found it.
+    had_dir, tls_before = state.dir.exists(), _snapshot_tls(state)
+    try:
+        _store_tls(state, config, secret, endpoints, store, peer, embedded, (store_ca, store_cert, store_key))
+        if metrics_port:
+            _check_metrics_listen(metrics_addr, metrics_port, embedded=embedded)
+        config.address = underlay.address
+        config.mtu = mtu or config.mtu
+        config.lease_ttl = lease_ttl
+        config.dns = not no_dns
+        config.dns_forward = not dns_no_forward
+        config.metrics_port = metrics_port
+        config.metrics_addr = inputs.metrics_addr(metrics_addr)
+        config.dns_domain = inputs.dns_domain(dns_domain)
+        config.store, config.embedded_etcd, config.store_members = endpoints, embedded, members
+        config.encrypted = secret is not None
+        _start_or_roll_back(state, config, wanted, underlay.address, secret=secret, had_dir=had_dir)
+    except BaseException:
+        _restore_tls(state, tls_before, had_dir=had_dir)
+        raise
     typer.echo(config.name)
 
 
@@ -248,7 +255,45 @@ def _check_metrics_listen(addr: str, port: int, *, embedded: bool) -> None:
                  f"host's addresses, or 0.0.0.0")
 
 
-def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address: str, *, secret: bytes | None = None) -> None:
+def _snapshot_tls(state: HostState) -> dict[str, tuple[bytes, int]] | None:
+    """The files of tls/ (contents and mode), or None if there is no tls/: what `_restore_tls` puts back."""
+    from pyweave.storetls import tls_dir
+
+    d = tls_dir(state)
+    if not d.is_dir():
+        return None
+    return {p.name: (p.read_bytes(), p.stat().st_mode & 0o777) for p in d.iterdir() if p.is_file()}
+
+
+def _restore_tls(state: HostState, before: dict[str, tuple[bytes, int]] | None, *, had_dir: bool) -> None:
+    """A failed launch: tls/ as it was before (a CA got by enrolment, a client certificate made for
+    this launch go), and no state directory at all if there was none."""
+    import os
+
+    from pyweave.storetls import tls_dir
+
+    if not had_dir:
+        shutil.rmtree(state.dir, ignore_errors=True)
+        return
+    d = tls_dir(state)
+    if before is None:
+        shutil.rmtree(d, ignore_errors=True)
+        return
+    for p in d.iterdir() if d.is_dir() else ():
+        if p.name not in before:
+            p.unlink(missing_ok=True)
+    for name, (data, mode) in before.items():
+        path = d / name
+        if not path.exists() or path.read_bytes() != data:
+            d.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(path, mode)
+
+
+def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address: str, *, secret: bytes | None = None,
+                        had_dir: bool) -> None:
     """Save the configuration, start the embedded etcd (first host), reach the store, agree on the
     cluster's range, start the agent. If any step fails (or Ctrl-C), undo what this launch did: stop
     the etcd it started, and put the saved configuration back as it was (none, for a first launch),
@@ -257,7 +302,6 @@ def _start_or_roll_back(state: HostState, config, wanted: ClusterConfig, address
     from store.cluster import Cluster
     from store.errors import ClusterError, StoreError
 
-    had_dir = state.dir.exists()
     had_etcd_data = (state.etcd_dir / "member").exists()
     saved = state.config_path.read_bytes() if state.config_path.exists() else None
     etcd_running = state.etcd_pid() is not None

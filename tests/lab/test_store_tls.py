@@ -79,3 +79,22 @@ def test_a_wrong_secret_cannot_enrol(tls_lab):
     assert "enrolment" in r.stderr and "secret is not the cluster's" in r.stderr, r.stderr
     assert lab.agent_pid(extra) is None
     assert not (lab.state_dir(extra) / "tls" / "ca.key").exists()
+
+
+def test_a_launch_that_fails_after_enrolment_leaves_no_configuration(tls_lab):
+    """Enrolment succeeds (right secret), then a later check refuses the launch (--metrics-addr is
+    not an address of this host): tls/ (the cluster's CA and key, this host's certificate) must not
+    stay behind, neither in a state directory that was there before nor as a new one."""
+    lab = tls_lab
+    old = lab.add_extra("y", 10)
+    state = lab.state_dir(old)
+    state.mkdir(parents=True)
+    (state / "agent.log").write_text("an earlier run's log\n")
+    fresh = lab.add_extra("z", 11)
+    for host in (old, fresh):
+        r = lab.pyweave(host, "launch", lab.hosts[0].address, "--password", SECRET, "--metrics-addr", "192.0.2.1")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "--metrics-addr 192.0.2.1" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert lab.agent_pid(host) is None
+    assert sorted(p.name for p in state.iterdir()) == ["agent.log"], list(state.rglob("*"))
+    assert not lab.state_dir(fresh).exists(), list(lab.state_dir(fresh).rglob("*"))
