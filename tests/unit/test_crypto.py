@@ -50,23 +50,23 @@ def pump(a: Peer, b: Peer, from_a: list[bytes], from_b: list[bytes] = (), wire: 
     """Hand datagrams back and forth until none are left; returns the packets delivered at a and at b."""
     at_a: list[bytes] = []
     at_b: list[bytes] = []
+
+    def deliver(datagrams: list[bytes], to: Peer, delivered: list[bytes]) -> list[bytes]:
+        """Hand datagrams to one peer; returns what it sends back."""
+        replies: list[bytes] = []
+        for d in datagrams:
+            if wire is not None:
+                wire.append(d)
+            packets, back = to.receive(d)
+            delivered += packets
+            replies += back
+        return replies
+
     from_a, from_b = list(from_a), list(from_b)
     while from_a or from_b:
-        next_a: list[bytes] = []
-        next_b: list[bytes] = []
-        for d in from_a:
-            if wire is not None:
-                wire.append(d)
-            packets, back = b.receive(d)
-            at_b += packets
-            next_b += back
-        for d in from_b:
-            if wire is not None:
-                wire.append(d)
-            packets, back = a.receive(d)
-            at_a += packets
-            next_a += back
-        from_a, from_b = next_a, next_b
+        replies_of_b = deliver(from_a, b, at_b)
+        replies_of_a = deliver(from_b, a, at_a)
+        from_a, from_b = replies_of_a, replies_of_b
     return at_a, at_b
 
 
