@@ -33,6 +33,17 @@ def running(cid=CID, pid=42):
     return ContainerInfo(id=cid, name="c", pid=pid, running=True, hostname="c", labels={})
 
 
+def attached_here():
+    """Container CID on host a with 10.0.0.1/24, its address claimed: where most tests start."""
+    return [(attachment_key("a", CID), b'{"cidrs": ["10.0.0.1/24"]}'), claim("10.0.0.0/24", "10.0.0.1", "a", CID)]
+
+
+def plan_of_a(items, containers=None, existing=None):
+    """plan_host for host a (MTU 1450); Docker knows the running container CID unless told otherwise."""
+    return plan_host(ClusterState.from_items(items), "a", {CID: running()} if containers is None else containers,
+                     existing or {}, mtu=1450)
+
+
 def base():
     return [
         host("a", "198.18.0.1"),
@@ -43,13 +54,11 @@ def base():
 
 
 def test_local_port_and_remote_entries_of_the_same_network_only():
-    items = base() + [
-        (attachment_key("a", CID), b'{"cidrs": ["10.0.0.1/24"]}'),
-        claim("10.0.0.0/24", "10.0.0.1", "a", CID),
+    items = base() + attached_here() + [
         endpoint("b", "b" * 64, "10.0.0.2", "10.0.0.0/24", 70000, "02:00:00:00:00:02"),
         endpoint("b", "c" * 64, "10.10.0.2", "10.10.0.0/24", 70001, "02:00:00:00:00:03"),
     ]
-    plan = plan_host(ClusterState.from_items(items), "a", {CID: running()}, {}, mtu=1450)
+    plan = plan_of_a(items)
     assert plan.vnis == {70000}
     port = plan.ports[(CID, 70000)]
     assert (port.ifname, port.cidrs, port.pid, port.mtu) == ("ethwe", (IPv4Interface("10.0.0.1/24"),), 42, 1450)
@@ -66,17 +75,17 @@ def test_second_network_gets_ethwe1_and_existing_names_are_kept():
         claim("10.10.0.0/24", "10.10.0.1", "a", CID),
     ]
     existing = {(CID, 70000): PortState("pwvx", CID, 70000, "ethwe", 42, "m", ("10.0.0.1/24",))}
-    plan = plan_host(ClusterState.from_items(items), "a", {CID: running()}, existing, mtu=1450)
+    plan = plan_of_a(items, existing=existing)
     assert plan.ports[(CID, 70000)].ifname == "ethwe"
     assert plan.ports[(CID, 70001)].ifname == "ethwe1"
 
 
 def test_hand_written_attachment_asks_for_network_and_claim():
     items = [host("a", "198.18.0.1"), (attachment_key("a", "web"), b'{"cidrs": ["10.5.0.5/24"]}')]
-    plan = plan_host(ClusterState.from_items(items), "a", {"web": running()}, {}, mtu=1450)
+    plan = plan_of_a(items, {"web": running()})
     assert plan.missing_networks == {"10.5.0.0/24"}
     items.append(network("10.5.0.0/24", 70005))
-    plan = plan_host(ClusterState.from_items(items), "a", {"web": running()}, {}, mtu=1450)
+    plan = plan_of_a(items, {"web": running()})
     assert plan.missing_claims == [(IPv4Interface("10.5.0.5/24"), "a", "web")]
     assert not plan.ports
 
@@ -86,31 +95,27 @@ def test_address_held_by_another_container_is_a_problem_not_a_port():
         (attachment_key("a", CID), b'{"cidrs": ["10.0.0.1/24"]}'),
         claim("10.0.0.0/24", "10.0.0.1", "b", "other"),
     ]
-    plan = plan_host(ClusterState.from_items(items), "a", {CID: running()}, {}, mtu=1450)
+    plan = plan_of_a(items)
     assert not plan.ports
     assert "held by container other on host b" in plan.problems[0].problem
 
 
 def test_stopped_container_keeps_attachment_without_port_and_removed_one_is_released():
-    items = base() + [
-        (attachment_key("a", CID), b'{"cidrs": ["10.0.0.1/24"]}'),
-        claim("10.0.0.0/24", "10.0.0.1", "a", CID),
+    items = base() + attached_here() + [
         (attachment_key("a", "d" * 64), b'{"cidrs": ["10.0.0.4/24"]}'),
     ]
     stopped = ContainerInfo(id=CID, name="c", pid=0, running=False, hostname="", labels={})
-    plan = plan_host(ClusterState.from_items(items), "a", {CID: stopped, "d" * 64: None}, {}, mtu=1450)
+    plan = plan_of_a(items, {CID: stopped, "d" * 64: None})
     assert not plan.ports and not plan.problems
     assert plan.gone_containers == ["d" * 64]
 
 
 def test_duplicate_remote_address_is_reported_once_and_first_kept():
-    items = base() + [
-        (attachment_key("a", CID), b'{"cidrs": ["10.0.0.1/24"]}'),
-        claim("10.0.0.0/24", "10.0.0.1", "a", CID),
+    items = base() + attached_here() + [
         endpoint("b", "b" * 64, "10.0.0.2", "10.0.0.0/24", 70000, "02:00:00:00:00:02"),
         endpoint("b", "c" * 64, "10.0.0.2", "10.0.0.0/24", 70000, "02:00:00:00:00:03"),
     ]
-    plan = plan_host(ClusterState.from_items(items), "a", {CID: running()}, {}, mtu=1450)
+    plan = plan_of_a(items)
     assert len(plan.remote[70000]) == 1
     assert len(plan.problems) == 1 and "also published" in plan.problems[0].problem
 
