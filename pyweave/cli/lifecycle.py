@@ -15,7 +15,7 @@ from pyweave.cli import inputs
 from pyweave.cli.base import EXIT_RUNNING, Context, app, fail, open_store, say
 from pyweave.cli.forms import AddressError, parse_subnet
 from pyweave.cli.inputs import option_check
-from pyweave.cli.secret import read_secret, wait_tunnel_peer
+from pyweave.cli.secret import exposure_warning, read_secret, wait_tunnel_peer
 from pyweave.cli.waiting import wait_store
 from pyweave.host import HostState, stop_process
 from store.records import DEFAULT_DEAD_HOST_GRACE, DEFAULT_IPALLOC_RANGE, ClusterConfig
@@ -173,6 +173,9 @@ def launch(
     except BaseException:
         _restore_tls(state, tls_before, had_dir=had_dir)
         raise
+    warning = exposure_warning(encrypted=config.encrypted, store=config.store)
+    if warning:
+        say(warning)
     typer.echo(config.name)
 
 

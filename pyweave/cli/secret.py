@@ -57,3 +57,19 @@ def wait_tunnel_peer(stats_file: Path, peers: set[str], timeout: float) -> bool:
                 return True
         time.sleep(0.1)
     return False
+
+
+def exposure_warning(*, encrypted: bool, store: list[str]) -> str | None:
+    """The one line `launch` and `status` print on stderr when this host's store or traffic is open
+    to the underlay (docs/security.md): no secret means plain frames between hosts, and a store in
+    plain HTTP (the embedded one without a secret, or `--store http://...`) answers anyone who
+    reaches it. None when both are protected. One line per command, not one per peer: the cause is
+    the host's configuration, not a peer."""
+    store_open = not store or any(not url.lower().startswith("https://") for url in store)
+    if encrypted and not store_open:
+        return None
+    if not encrypted:
+        what = "the store (etcd) and the traffic between hosts are" if store_open else "the traffic between hosts is"
+        return f"WARNING: no --password given: {what} open to anyone on the underlay network; see docs/security.md"
+    return ("WARNING: the store (etcd) is in plain HTTP: it is open to anyone on the underlay network; give "
+            "--store https://... with --store-ca/--store-cert/--store-key; see docs/security.md")

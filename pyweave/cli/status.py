@@ -13,6 +13,7 @@ import typer
 
 from pyweave import __version__
 from pyweave.cli.base import EXIT_ERROR, Context, app, fail, say, status_app
+from pyweave.cli.secret import exposure_warning
 from store import keys
 from store.errors import StoreError
 from store.records import parse_progress
@@ -206,6 +207,9 @@ def status(
         return
     c = Context()
     data, ok = _gather_status(c)
+    warning = exposure_warning(encrypted=c.config.encrypted, store=c.config.store)
+    if warning:
+        say(warning)  # stderr: `status --json | jq` reads stdout only
     typer.echo(json.dumps(data, indent=2) if as_json else _render_status(data), nl=False)
     if as_json:
         typer.echo()

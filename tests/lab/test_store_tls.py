@@ -23,9 +23,11 @@ def tls_lab():
     with Lab(3) as lab:
         r = lab.pyweave(0, "launch", "--password", SECRET)
         assert r.returncode == 0, r.stderr
+        assert "WARNING" not in r.stderr, r.stderr  # a secret: store and traffic are not open
         for i in (1, 2):
             r = lab.pyweave(i, "launch", lab.hosts[i - 1].address, "--password", SECRET)
             assert r.returncode == 0, r.stderr
+            assert "WARNING" not in r.stderr, r.stderr
         yield lab
         prefix = lab.prefix
     assert not leftovers(prefix), f"lab left behind: {leftovers(prefix)}"
@@ -61,6 +63,7 @@ def test_the_store_forms_three_members_over_tls_and_the_cluster_works(tls_lab):
 
     def members() -> list[dict]:
         r = lab.pyweave(2, "status", "--json")
+        assert "WARNING" not in r.stderr, r.stderr
         return json.loads(r.stdout).get("store", {}).get("members", []) if r.returncode == 0 else []
 
     wait_for(lambda: len([m for m in members() if not m.get("learner")]) == 3, timeout=60, message="3 voting members")

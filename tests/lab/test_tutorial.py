@@ -21,6 +21,8 @@ from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
 
+OPEN_WARNING = "WARNING: no --password given: the store (etcd) and the traffic between hosts are open"
+
 
 @pytest.fixture(autouse=True)
 def relaunched(request):
@@ -49,8 +51,12 @@ def test_tutorial_steps_across_two_hosts(launched_lab):
         assert section in status.stdout
     assert f"Name: {lab.hosts[0].name}" in status.stdout
     assert "Address: 198.18.0.1" in status.stdout and "MTU: 1450" in status.stdout
-    data = json.loads(lab.pyweave(1, "status", "--json").stdout)
+    data_run = lab.pyweave(1, "status", "--json")
+    data = json.loads(data_run.stdout)
     assert data["host"]["name"] == lab.hosts[1].name and data["store"]["reachable"]
+    # No secret (the tutorial has none): one warning line on stderr, stdout (the JSON) untouched.
+    for r in (status, data_run):
+        assert r.stderr.count(OPEN_WARNING) == 1 and r.stderr.count("\n") == 1, r.stderr
 
     # 4: run on A and on B.
     c1 = run_container(lab, 0, "10.0.0.1/24", "-t", "-i", "busybox")
@@ -155,6 +161,7 @@ def test_agent_sigkill_and_relaunch_loses_no_ping_and_leaks_nothing(launched_lab
             wait_for(lambda: not pid_alive(pid), timeout=5, message="agent to die")
             r = lab.pyweave(host, "launch", *([] if host == 0 else [lab.hosts[0].address]))
             assert r.returncode == 0, r.stderr
+            assert r.stderr.count(OPEN_WARNING) == 1, r.stderr  # the first host and a joining one, once each
         out, _ = pinger.communicate(timeout=60)
     finally:
         pinger.kill()
