@@ -135,13 +135,23 @@ def _parse_bool(spelled: str, text: str) -> bool:
     )
 
 
-def _check_name(value: str) -> str:
-    if not _NAME_RE.fullmatch(value):
-        raise DockerArgsError(
-            f"--name {value!r} is not a valid container name: use at least two characters from"
-            " [a-zA-Z0-9_.-], starting with a letter or digit (e.g. --name web1)"
-        )
-    return value
+def _matching(pattern: re.Pattern[str], message: str) -> Callable[[str], str]:
+    """A validator: the value if the whole of it matches pattern, else DockerArgsError(message), in
+    which `{value!r}` stands for the value."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise DockerArgsError(message.format(value=value))
+        return value
+
+    return check
+
+
+_check_name = _matching(
+    _NAME_RE,
+    "--name {value!r} is not a valid container name: use at least two characters from"
+    " [a-zA-Z0-9_.-], starting with a letter or digit (e.g. --name web1)",
+)
 
 
 def _check_hostname(value: str) -> str:
@@ -215,20 +225,10 @@ def _parse_label(value: str) -> tuple[str, str]:
 _RESTART_RE = re.compile(r"(no|always|unless-stopped|on-failure(:[0-9]+)?)")
 
 
-def _check_restart(value: str) -> str:
-    if not _RESTART_RE.fullmatch(value):
-        raise DockerArgsError(
-            f"--restart {value!r} is not a restart policy: use no, always, unless-stopped or on-failure[:N]"
-        )
-    return value
-
-
-def _check_capability(value: str) -> str:
-    if not _CAPABILITY_RE.fullmatch(value):
-        raise DockerArgsError(
-            f"--cap-add {value!r} is not a capability name (e.g. --cap-add NET_ADMIN)"
-        )
-    return value
+_check_restart = _matching(
+    _RESTART_RE, "--restart {value!r} is not a restart policy: use no, always, unless-stopped or on-failure[:N]"
+)
+_check_capability = _matching(_CAPABILITY_RE, "--cap-add {value!r} is not a capability name (e.g. --cap-add NET_ADMIN)")
 
 
 class _Parser:
