@@ -1,11 +1,17 @@
-"""Helpers for lab tests: polling with a deadline, docker exec, ping, pyweave run."""
+"""Helpers for lab tests: polling with a deadline, docker exec, ping, ping streams, pyweave run,
+agent restarts, captures on the lab switch."""
 
+import os
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 
+from pyweave.host import pid_alive
 from pyweave_lab import Lab
 
 
@@ -27,6 +33,55 @@ def docker(*args: str, check: bool = False, timeout: float = 60) -> subprocess.C
 
 def ping(cid: str, ip: str, *, count: int = 1, wait: int = 2) -> bool:
     return docker("exec", cid, "ping", "-c", str(count), "-W", str(wait), ip).returncode == 0
+
+
+@contextmanager
+def ping_stream(cid: str, ip: str, *, interval: float, count: int) -> Iterator[subprocess.Popen]:
+    """busybox ping from a container in the background (output on `.stdout`): the clock of a test that
+    breaks something meanwhile. Killed on the way out if it still runs (a failed test)."""
+    proc = subprocess.Popen(["docker", "exec", cid, "ping", "-i", str(interval), "-c", str(count), "-W", "1", ip],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def pings_lost(output: str, *, sent: int) -> int:
+    """How many of `sent` pings no reply answered, from the sequence numbers in ping's output."""
+    answered = {int(line.split("seq=")[1].split()[0]) for line in output.splitlines() if "seq=" in line}
+    return sent - len(answered)
+
+
+def kill_and_relaunch_agent(lab: Lab, host: int, *launch_args: str) -> None:
+    """SIGKILL the agent of a host, wait until it is gone, then `pyweave launch` it again."""
+    pid = lab.agent_pid(host)
+    assert pid is not None, f"host {host} runs no agent"
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), timeout=5, message=f"the agent of host {host} gone")
+    r = lab.pyweave(host, "launch", *launch_args)
+    assert r.returncode == 0, r.stderr
+
+
+def capture(lab: Lab, bpf: str) -> subprocess.Popen:
+    """tcpdump on the lab switch, pcap on stdout; give it a second to attach."""
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.switch, "tcpdump", "-i", "sw", "-nn", "-U", "-w", "-", bpf],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    return proc
+
+
+def transit_rx(lab: Lab, host: int) -> int:
+    """Frames received by the transit devices of a host (docs/routing.md), from the kernel's counters."""
+    out = lab.exec(host, "ip", "-s", "-o", "link", "show").stdout
+    total = 0
+    for line in out.splitlines():
+        if ": pwrx" in line:
+            fields = line.split("RX:")[1].split("\\")[1].split()
+            total += int(fields[1])
+    return total
 
 
 def run_container(lab: Lab, host: int, *args: str) -> str:

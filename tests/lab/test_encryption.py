@@ -11,19 +11,27 @@ every few seconds (PYWEAVE_TUNNEL_REKEY_AFTER): every hop is sealed, and rotatio
 from __future__ import annotations
 
 import json
-import os
-import signal
 import struct
 import subprocess
 import sys
 import time
 
 import pytest
-from labtools import docker, ping, run_container, wait_for
-from test_routing import SCRAPE, ping_stream, replies, transit_rx, wait_routes
+from labtools import (
+    capture,
+    docker,
+    kill_and_relaunch_agent,
+    ping,
+    ping_stream,
+    pings_lost,
+    run_container,
+    transit_rx,
+    wait_for,
+)
+from test_routing import SCRAPE, wait_routes
 
 from pyweave.agent.tunnel import REKEY_ENV, tunnel_pid
-from pyweave.host import HostState, pid_alive
+from pyweave.host import HostState
 from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
@@ -49,12 +57,21 @@ def peer_stats(lab: Lab, host: int, peer: int) -> dict:
     return by_name.get(lab.hosts[peer].name, {})
 
 
-def capture(lab: Lab, bpf: str) -> subprocess.Popen:
-    """tcpdump on the lab switch, pcap on stdout; give it a second to attach."""
-    proc = subprocess.Popen(["ip", "netns", "exec", lab.switch, "tcpdump", "-i", "sw", "-nn", "-U", "-w", "-", bpf],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    time.sleep(1)
-    return proc
+def marker_on_the_wire(lab: Lab, sender: str, receiver: str, receiver_ip: str) -> bytes:
+    """Three pings and MARKER over TCP (nc, port 7777) from container sender to receiver, while tcpdump
+    captures UDP and ICMP on the lab switch; asserts both went through; returns the capture (pcap)."""
+    server = subprocess.Popen(["docker", "exec", receiver, "nc", "-l", "-p", "7777"], stdout=subprocess.PIPE, text=True)
+    tap = capture(lab, "udp or icmp")
+    try:
+        assert ping(sender, receiver_ip, count=3)
+        wait_for(lambda: docker("exec", sender, "sh", "-c", f"echo {MARKER} | nc -w 2 {receiver_ip} 7777").returncode == 0,
+                 timeout=10, message=f"the marker sent over TCP to {receiver_ip}")
+        assert MARKER in server.communicate(timeout=10)[0]
+    finally:
+        server.kill()
+        time.sleep(0.5)  # tcpdump writes out the last packets
+        tap.terminate()
+    return tap.communicate(timeout=10)[0]
 
 
 def udp_datagrams(pcap: bytes) -> list[tuple[str, int, str, int, bytes]]:
@@ -108,22 +125,7 @@ def test_the_wire_carries_no_marker_no_vxlan_and_no_inner_address(encrypted_lab)
     lab = encrypted_lab
     a = run_container(lab, 0, "10.8.0.1/24", "busybox", "sleep", "3600")
     b = run_container(lab, 1, "10.8.0.2/24", "busybox", "sleep", "3600")
-    server = subprocess.Popen(["docker", "exec", b, "nc", "-l", "-p", "7777"], stdout=subprocess.PIPE, text=True)
-    capture = subprocess.Popen(
-        ["ip", "netns", "exec", lab.switch, "tcpdump", "-i", "sw", "-nn", "-U", "-w", "-", "udp or icmp"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(1)  # tcpdump attaches (its own clock; the assertions below poll nothing timing-bound)
-        assert ping(a, "10.8.0.2", count=3)
-        wait_for(lambda: docker("exec", a, "sh", "-c", f"echo {MARKER} | nc -w 2 10.8.0.2 7777").returncode == 0,
-                 timeout=10, message="the marker sent over TCP")
-        assert MARKER in server.communicate(timeout=10)[0]
-    finally:
-        server.kill()
-        time.sleep(0.5)
-        capture.terminate()
-    raw = capture.communicate(timeout=10)[0]
+    raw = marker_on_the_wire(lab, a, b, "10.8.0.2")
     assert len(raw) > 2000, "the capture holds the traffic"
     assert MARKER.encode() not in raw
     for inner in ("10.8.0.1", "10.8.0.2"):
@@ -153,19 +155,11 @@ def test_an_agent_restart_with_encryption_loses_at_most_a_second_of_pings(encryp
     run_container(lab, 1, "10.9.2.2/24", "busybox", "sleep", "3600")
     assert ping(a, "10.9.2.2")
     tunnel = tunnel_pid(HostState(lab.state_dir(1)))
-    stream = ping_stream(a, "10.9.2.2", interval=0.1, count=80)  # 8 s at 10/s
-    try:
+    with ping_stream(a, "10.9.2.2", interval=0.1, count=80) as stream:  # 8 s at 10/s
         time.sleep(2)
-        pid = lab.agent_pid(1)
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not pid_alive(pid), timeout=5, message="agent gone")
-        r = lab.pyweave(1, "launch")  # the secret saved at the first launch
-        assert r.returncode == 0, r.stderr
+        kill_and_relaunch_agent(lab, 1)  # with the secret saved at the first launch
         out, _ = stream.communicate(timeout=30)
-    finally:
-        if stream.poll() is None:
-            stream.kill()
-    lost = 80 - len(set(replies(out)))
+    lost = pings_lost(out, sent=80)
     assert lost <= 10, f"{lost} pings of 80 lost across the agent restart (at most 1 s may be): {out[-400:]}"
     assert tunnel_pid(HostState(lab.state_dir(1))) == tunnel, "the tunnel outlives its agent"
 
@@ -254,18 +248,7 @@ def test_relayed_traffic_is_encrypted_on_every_hop(relay_lab):
     b = run_container(lab, 2, "10.9.4.2/24", "busybox", "sleep", "3600")
     assert ping(a, "10.9.4.2"), "first ping through the relay lost"
     relayed = transit_rx(lab, 0)
-    server = subprocess.Popen(["docker", "exec", b, "nc", "-l", "-p", "7777"], stdout=subprocess.PIPE, text=True)
-    tap = capture(lab, "udp or icmp")
-    try:
-        assert ping(a, "10.9.4.2", count=3)
-        wait_for(lambda: docker("exec", a, "sh", "-c", f"echo {MARKER} | nc -w 2 10.9.4.2 7777").returncode == 0,
-                 timeout=10, message="the marker sent over TCP through the relay")
-        assert MARKER in server.communicate(timeout=10)[0]
-    finally:
-        server.kill()
-        time.sleep(0.5)
-        tap.terminate()
-    raw = tap.communicate(timeout=10)[0]
+    raw = marker_on_the_wire(lab, a, b, "10.9.4.2")
     assert transit_rx(lab, 0) > relayed, "host 1 relayed nothing"
     assert MARKER.encode() not in raw
     for inner in ("10.9.4.1", "10.9.4.2"):
@@ -286,19 +269,13 @@ def test_key_rotations_under_ping_at_10_per_second_lose_nothing(relay_lab):
     assert ping(c0, "10.9.5.2") and ping(c1, "10.9.5.3")
     pairs = [(0, 1), (0, 2), (1, 0), (2, 0)]  # the direct pair and both hops of the relayed one
     before = {(h, p): peer_stats(lab, h, p).get("rekeys", 0) for h, p in pairs}
-    streams = {"direct h1 -> h2": ping_stream(c0, "10.9.5.2", interval=0.1, count=120),
-               "relayed h2 -> h3": ping_stream(c1, "10.9.5.3", interval=0.1, count=120)}  # 12 s at 10/s
-    outs = {}
-    try:
-        for what, stream in streams.items():
-            outs[what], _ = stream.communicate(timeout=60)
-    finally:
-        for stream in streams.values():
-            if stream.poll() is None:
-                stream.kill()
+    with (ping_stream(c0, "10.9.5.2", interval=0.1, count=120) as direct,  # 12 s at 10/s
+          ping_stream(c1, "10.9.5.3", interval=0.1, count=120) as relayed):
+        outs = {"direct h1 -> h2": direct.communicate(timeout=60)[0],
+                "relayed h2 -> h3": relayed.communicate(timeout=60)[0]}
     time.sleep(1.2)  # the stats file is rewritten once a second
     rotated = {(h, p): peer_stats(lab, h, p).get("rekeys", 0) - before[(h, p)] for h, p in pairs}
     for what, out in outs.items():
-        lost = 120 - len(set(replies(out)))
+        lost = pings_lost(out, sent=120)
         assert lost == 0, f"{what}: {lost} pings of 120 lost while keys rotated {rotated}: {out[-400:]}"
     assert all(n >= 2 for n in rotated.values()), f"rotations during the pings (host, peer): {rotated}"

@@ -8,16 +8,12 @@ its links in every topology here.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 
 import pytest
-from labtools import ping, run_container, wait_for
+from labtools import kill_and_relaunch_agent, ping, ping_stream, pings_lost, run_container, transit_rx, wait_for
 
-from pyweave.host import pid_alive
 from pyweave_lab import Lab, leftovers
 
 pytestmark = pytest.mark.lab
@@ -118,35 +114,13 @@ def test_a_chain_of_four_hosts_carries_traffic_end_to_end(lab_of):
         assert transit_rx(lab, relay) > 0, f"host {relay} relayed nothing"
 
 
-def transit_rx(lab: Lab, host: int) -> int:
-    """Frames received by the transit devices of a host (docs/routing.md), from the kernel's counters."""
-    out = lab.exec(host, "ip", "-s", "-o", "link", "show").stdout
-    total = 0
-    for line in out.splitlines():
-        if ": pwrx" in line:
-            fields = line.split("RX:")[1].split("\\")[1].split()
-            total += int(fields[1])
-    return total
-
-
-def ping_stream(cid: str, ip: str, *, interval: float, count: int) -> subprocess.Popen:
-    return subprocess.Popen(["docker", "exec", cid, "ping", "-i", str(interval), "-c", str(count), "-W", "1", ip],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def replies(output: str) -> list[int]:
-    """The sequence numbers answered, from ping's output."""
-    return [int(line.split("seq=")[1].split()[0]) for line in output.splitlines() if "seq=" in line]
-
-
 def test_a_cut_link_reroutes_within_two_seconds_and_comes_back_direct(lab_of):
     lab = lab_of(4)
     wait_routes(lab, 1, {0: "direct", 2: "direct", 3: "direct"})
     c1 = run_container(lab, 1, "10.4.0.1/24", "busybox", "sleep", "3600")
     run_container(lab, 3, "10.4.0.3/24", "busybox", "sleep", "3600")
     assert ping(c1, "10.4.0.3")
-    stream = ping_stream(c1, "10.4.0.3", interval=0.1, count=250)  # 25 s at 10/s
-    try:
+    with ping_stream(c1, "10.4.0.3", interval=0.1, count=250) as stream:  # 25 s at 10/s
         wait_for(lambda: transit_rx(lab, 0) + transit_rx(lab, 2) == 0, timeout=1, message="no relaying yet")
         time.sleep(2)  # steady direct traffic before the cut (the stream is the clock of this test)
         lab.cut(1, 3)
@@ -160,11 +134,7 @@ def test_a_cut_link_reroutes_within_two_seconds_and_comes_back_direct(lab_of):
             return transit_rx(lab, 0) + transit_rx(lab, 2) == before
         wait_for(relays_idle, timeout=5, interval=0, message="traffic direct again after the restore")
         out, _ = stream.communicate(timeout=30)
-    finally:
-        if stream.poll() is None:
-            stream.kill()
-    answered = replies(out)
-    lost = 250 - len(set(answered))
+    lost = pings_lost(out, sent=250)
     assert lost <= 20, f"{lost} pings of 250 lost (at most 2 s of them may be): {out[-400:]}"
     assert transit_rx(lab, 0) + transit_rx(lab, 2) > 0, "the cut was not routed through a relay"
 
@@ -191,17 +161,9 @@ def test_an_agent_restart_on_the_relay_loses_no_relayed_ping(lab_of):
     c1 = run_container(lab, 1, "10.5.0.1/24", "busybox", "sleep", "3600")
     run_container(lab, 2, "10.5.0.2/24", "busybox", "sleep", "3600")
     assert ping(c1, "10.5.0.2")
-    stream = ping_stream(c1, "10.5.0.2", interval=0.2, count=50)  # 10 s at 5/s
-    try:
+    with ping_stream(c1, "10.5.0.2", interval=0.2, count=50) as stream:  # 10 s at 5/s
         time.sleep(2)
-        pid = lab.agent_pid(0)
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not pid_alive(pid), timeout=5, message="agent gone")
-        r = lab.pyweave(0, "launch")
-        assert r.returncode == 0, r.stderr
+        kill_and_relaunch_agent(lab, 0)
         out, _ = stream.communicate(timeout=30)
-    finally:
-        if stream.poll() is None:
-            stream.kill()
-    lost = 50 - len(set(replies(out)))
+    lost = pings_lost(out, sent=50)
     assert lost == 0, f"{lost} relayed pings lost across the relay's agent restart: {out[-400:]}"
