@@ -21,6 +21,7 @@ import threading
 import time
 
 from dataplane.api import VXLAN_OVERHEAD, Dataplane, DataplaneError, RemoteEntry, Underlay
+from dataplane.hostfilter import HostFilter
 from pyweave.agent.applier import KernelApplier
 from pyweave.agent.docker_view import DockerView
 from pyweave.agent.janitor import Janitor
@@ -65,6 +66,8 @@ class Agent:
         self.state = state
         self.raw = raw
         self.me = config.name
+        # Containers reach this host only for DNS (dataplane.hostfilter): with the kernel's dataplane only.
+        self.host_filter = HostFilter(service_address=SERVICE_ADDRESS if config.dns else None) if dataplane is None else None
         if underlay is None:
             from dataplane.host import find_underlay
 
@@ -226,6 +229,8 @@ class Agent:
         if view.revision == 0:
             return None
         if full:
+            if self.host_filter is not None and not self.host_filter.ensure():
+                self.stats.error("host_filter")  # logged; written again at the next full pass
             self.applier.forget(all_remote=False)
             self.docker.forget()
             self._ports = None
