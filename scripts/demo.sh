@@ -7,31 +7,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: the demo creates network namespaces and containers: run as root (sudo $0)" >&2
-    exit 1
-fi
-
-bash scripts/setup.sh
-
-started_docker=0
-child=
-cleanup() {
-    if [ "$started_docker" -eq 1 ]; then
-        bash scripts/dockerd.sh stop || true
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-if ! bash scripts/dockerd.sh status >/dev/null 2>&1; then
-    started_docker=1
-fi
-bash scripts/dockerd.sh start
-
-echo "demo.sh: test image busybox:latest (built locally from busybox-static if missing)"
-.venv/bin/python -c 'from pyweave_lab import ensure_test_image; ensure_test_image()'
+source scripts/machine.sh
+prepare_machine demo.sh "the demo creates network namespaces and containers"
 
 # The demo runs in the background so that this shell can pass a SIGTERM (or Ctrl-C) on to it at once
 # and still stop the Docker daemon after the demo has removed its lab.

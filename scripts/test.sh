@@ -9,31 +9,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "test.sh: the tests create network namespaces, kernel devices and containers: run as root (sudo $0)" >&2
-    exit 1
-fi
-
-bash scripts/setup.sh
-
-# Stop the daemon at the end only if this run started it.
-started_docker=0
-cleanup() {
-    if [ "$started_docker" -eq 1 ]; then
-        bash scripts/dockerd.sh stop || true
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-if ! bash scripts/dockerd.sh status >/dev/null 2>&1; then
-    started_docker=1
-fi
-bash scripts/dockerd.sh start
-
-echo "test.sh: test image busybox:latest (built locally from busybox-static if missing)"
-.venv/bin/python -c 'from pyweave_lab import ensure_test_image; ensure_test_image()'
+source scripts/machine.sh
+prepare_machine test.sh "the tests create network namespaces, kernel devices and containers"
 
 # Paths given (tests/unit, tests/lab/test_x.py::test_y) replace the default "tests".
 given_path=0
