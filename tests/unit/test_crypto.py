@@ -46,26 +46,27 @@ def make_pair(clock: FakeClock | None = None, **kwargs) -> tuple[Peer, Peer]:
     return a, b
 
 
+def deliver(datagrams: list[bytes], to: Peer, delivered: list[bytes], wire: list[bytes] | None = None) -> list[bytes]:
+    """Hand datagrams to one peer, adding the packets it delivers to `delivered` (and each datagram to
+    `wire`, if given); returns what it sends back."""
+    replies: list[bytes] = []
+    for d in datagrams:
+        if wire is not None:
+            wire.append(d)
+        packets, back = to.receive(d)
+        delivered += packets
+        replies += back
+    return replies
+
+
 def pump(a: Peer, b: Peer, from_a: list[bytes], from_b: list[bytes] = (), wire: list[bytes] | None = None):  # type: ignore[assignment]
     """Hand datagrams back and forth until none are left; returns the packets delivered at a and at b."""
     at_a: list[bytes] = []
     at_b: list[bytes] = []
-
-    def deliver(datagrams: list[bytes], to: Peer, delivered: list[bytes]) -> list[bytes]:
-        """Hand datagrams to one peer; returns what it sends back."""
-        replies: list[bytes] = []
-        for d in datagrams:
-            if wire is not None:
-                wire.append(d)
-            packets, back = to.receive(d)
-            delivered += packets
-            replies += back
-        return replies
-
     from_a, from_b = list(from_a), list(from_b)
     while from_a or from_b:
-        replies_of_b = deliver(from_a, b, at_b)
-        replies_of_a = deliver(from_b, a, at_a)
+        replies_of_b = deliver(from_a, b, at_b, wire)
+        replies_of_a = deliver(from_b, a, at_a, wire)
         from_a, from_b = replies_of_a, replies_of_b
     return at_a, at_b
 
@@ -166,15 +167,8 @@ def run_continuous(a: Peer, b: Peer, clock: FakeClock, seconds: float, step: flo
     for i in range(steps):
         clock.now += step
         arriving_b, arriving_a = to_b, to_a
-        to_a, to_b = [], []
-        for d in arriving_b:
-            packets, back = b.receive(d)
-            got_b += packets
-            to_a += back
-        for d in arriving_a:
-            packets, back = a.receive(d)
-            got_a += packets
-            to_b += back
+        to_a = deliver(arriving_b, b, got_b)
+        to_b = deliver(arriving_a, a, got_a)
         pa = i.to_bytes(4, "big") + b"a" * (size - 4)
         pb = i.to_bytes(4, "big") + b"b" * (size - 4)
         sent_ab.append(pa)
@@ -365,13 +359,8 @@ def test_rekeys_with_lost_handshake_messages_lose_no_data():
         clock.now += 0.05
         arriving_b = [d for d in to_b if not (d[0] in (TYPE_INIT, TYPE_RESP) and rng.random() < 0.3)]
         arriving_a = [d for d in to_a if not (d[0] in (TYPE_INIT, TYPE_RESP) and rng.random() < 0.3)]
-        to_a, to_b = [], []
-        for d in arriving_b:
-            packets, back = b.receive(d)
-            got += packets
-            to_a += back
-        for d in arriving_a:
-            to_b += a.receive(d)[1]
+        to_a = deliver(arriving_b, b, got)
+        to_b = deliver(arriving_a, a, [])  # b seals nothing: a has no packets to deliver
         sent.append(i.to_bytes(4, "big"))
         to_b += a.seal(sent[-1]) + a.tick()
         to_a += b.tick()
