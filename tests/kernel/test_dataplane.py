@@ -185,22 +185,11 @@ def test_the_loopback_and_its_link_local_service_address_are_never_the_underlay(
     assert "169.254.53.53" not in ip(ns, "addr", "show", "dev", "lo")
 
 
-def _underlay_hosts(namespaces, count: int):
-    """`count` host namespaces on a switch namespace (a bridge), underlay 198.19.0.<i>/24, each
-    with a LinuxDataplane."""
-    switch = namespaces("sw")
-    ip(switch, "link", "add", "sw0", "type", "bridge")
-    ip(switch, "link", "set", "sw0", "up")
-    hosts = []
-    for i in range(1, count + 1):
-        ns = namespaces(f"h{i}")
-        ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{i}", "netns", switch)
-        ip(switch, "link", "set", f"p{i}", "master", "sw0", "up")
-        ip(ns, "addr", "add", f"198.19.0.{i}/24", "dev", "eth0")
-        ip(ns, "link", "set", "eth0", "up")
-        underlay = find_underlay(netns=ns)
-        hosts.append((ns, LinuxDataplane(underlay=underlay, vtep_mac=f"02:00:00:00:01:0{i}", mtu=1450, netns=ns)))
-    return hosts
+def _underlay_hosts(switched_hosts, count: int):
+    """`count` host namespaces on a switch namespace, underlay 198.19.0.<i>/24, each with a LinuxDataplane."""
+    _switch, underlays = switched_hosts(count)
+    return [(ns, LinuxDataplane(underlay=underlay, vtep_mac=f"02:00:00:00:01:0{i}", mtu=1450, netns=ns))
+            for i, (ns, underlay) in enumerate(underlays, start=1)]
 
 
 def _cut(ns: str, other: str) -> None:
@@ -216,10 +205,10 @@ def _pings(ns: str, target: str) -> bool:
     return done.returncode == 0
 
 
-def test_a_transit_host_relays_frames_between_hosts_that_cannot_reach_each_other(namespaces):
+def test_a_transit_host_relays_frames_between_hosts_that_cannot_reach_each_other(switched_hosts):
     """Host 1 and host 3 are cut; host 2 relays their network's frames in the kernel, with the hop
     budget in the UDP port (docs/routing.md); the budget-0 device never forwards."""
-    (a, dpa), (b, dpb), (c, dpc) = hosts = _underlay_hosts(namespaces, 3)
+    (a, dpa), (b, dpb), (c, dpc) = hosts = _underlay_hosts(switched_hosts, 3)
     try:
         _cut(a, "198.19.0.3")
         _cut(c, "198.19.0.1")

@@ -19,10 +19,10 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 from dataplane.api import VXLAN_OVERHEAD, RemoteEntry
 from dataplane.crypto import DATA_OVERHEAD, StaticKey
-from dataplane.host import find_underlay
 from dataplane.linux import LinuxDataplane
 
 pytestmark = pytest.mark.kernel
@@ -42,17 +42,6 @@ def nsexec(ns: str, *argv: str, **kw) -> subprocess.CompletedProcess:
 
 def pings(ns: str, target: str, count: int = 1) -> bool:
     return nsexec(ns, "busybox", "ping", "-c", str(count), "-W", "2", target).returncode == 0
-
-
-def wait_for(check, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Host:
@@ -88,7 +77,7 @@ class Host:
             ["ip", "netns", "exec", self.ns, sys.executable, "-m", "dataplane.tunnel", "--config", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        wait_for(lambda: self.stats_file.exists() or self.proc.poll() is not None, timeout=90, what=f"tunnel of {self.name}")
+        wait_for(lambda: self.stats_file.exists() or self.proc.poll() is not None, timeout=90, message=f"tunnel of {self.name}")
         assert self.proc.poll() is None, (self.dir / "tunnel.log").read_text()
 
     def stats(self) -> dict:
@@ -107,20 +96,12 @@ class Host:
 
 
 @pytest.fixture
-def pair(namespaces, tmp_path):
+def pair(switched_hosts, tmp_path):
     """Two hosts with a VXLAN network and addresses 10.9.0.1/.2, their tunnels not started yet."""
-    switch = namespaces("sw")
-    ip(switch, "link", "add", "sw0", "type", "bridge")
-    ip(switch, "link", "set", "sw0", "up")
+    switch, underlays = switched_hosts(2)
     hosts: list[Host] = []
     try:
-        for i in (1, 2):
-            ns = namespaces(f"h{i}")
-            ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{i}", "netns", switch)
-            ip(switch, "link", "set", f"p{i}", "master", "sw0", "up")
-            ip(ns, "addr", "add", f"198.19.0.{i}/24", "dev", "eth0")
-            ip(ns, "link", "set", "eth0", "up")
-            underlay = find_underlay(netns=ns)
+        for i, (ns, underlay) in enumerate(underlays, start=1):
             mtu = underlay.mtu - VXLAN_OVERHEAD - 28 - DATA_OVERHEAD
             dp = LinuxDataplane(underlay=underlay, vtep_mac=f"02:00:00:00:01:0{i}", mtu=mtu, netns=ns)
             hosts.append(Host(ns, i, tmp_path, dp))
@@ -151,7 +132,7 @@ class Capture:
         self.path = path
         self.proc = subprocess.Popen(["ip", "netns", "exec", switch, "tcpdump", "-i", "p1", "-U", "--immediate-mode", "-n", "-s", "0",
                                       "-w", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(lambda: path.exists() and path.stat().st_size >= 24, what="tcpdump")
+        wait_for(lambda: path.exists() and path.stat().st_size >= 24, timeout=30, message="tcpdump")
         time.sleep(1.0)
 
     def frames(self) -> list[bytes]:
@@ -200,7 +181,7 @@ def test_pings_cross_sealed_and_the_underlay_carries_only_udp_6783(pair, tmp_pat
     assert not any(MARKER in f for f in frames)
     assert not any(socket.inet_aton(h2.overlay) in f or socket.inet_aton(h1.overlay) in f for f in frames)
     wait_for(lambda: h1.stats()["total"].get("sealed", 0) >= 4 and h2.stats()["total"].get("opened", 0) >= 4,
-             what="stats")
+             timeout=30, message="stats")
     peer = h1.stats()["peers"][h2.address]
     assert peer["name"] == "h2" and peer["opened"] >= 3
 
@@ -223,7 +204,7 @@ def test_forged_and_replayed_datagrams_change_nothing_and_are_counted(pair, tmp_
     send_udp(h1.ns, h1.address, h2.address, 6783, bytes(flipped))
     ip(switch, "addr", "add", "198.19.0.99/24", "dev", "sw0")
     send_udp(switch, "198.19.0.99", h2.address, 6783, sealed[-1])  # from a stranger
-    wait_for(lambda: h2.stats()["tunnel"]["unknown_source"] >= 1, what="unknown source counted")
+    wait_for(lambda: h2.stats()["tunnel"]["unknown_source"] >= 1, timeout=30, message="unknown source counted")
     after = h2.stats()["total"]
     dropped = sum(after.get(k, 0) - before.get(k, 0) for k in after if k not in ("opened", "sealed"))
     assert dropped >= 6, (before, after)
@@ -269,11 +250,11 @@ def test_sighup_reload_adds_a_peer(pair):
     h1.start()
     h2.start()
     assert not pings(h1.ns, h2.overlay)
-    wait_for(lambda: h1.stats()["tunnel"]["no_peer"] >= 1, what="no_peer counted")
+    wait_for(lambda: h1.stats()["tunnel"]["no_peer"] >= 1, timeout=30, message="no_peer counted")
     h1.write_config([h2], publics)
     assert h1.proc is not None
     h1.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: h2.address in h1.stats()["peers"], what="reloaded peers")
+    wait_for(lambda: h2.address in h1.stats()["peers"], timeout=30, message="reloaded peers")
     assert pings(h1.ns, h2.overlay) and pings(h2.ns, h1.overlay)
 
 

@@ -10,21 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+from polling import wait_for  # the lab tests import it from here too
 
 from pyweave.host import pid_alive
 from pyweave_lab import Lab
-
-
-def wait_for(condition, *, timeout: float, interval: float = 0.05, message: str = "condition"):
-    """Poll until condition() is truthy; return its value or fail with message after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def docker(*args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
