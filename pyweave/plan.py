@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from pyweave.view import ClusterView
 
 IFNAME_BASE = "ethwe"
+
+# What of the host's own routes and addresses a subnet overlaps (`dataplane.hostroutes`, described
+# for people: "the route 198.18.0.0/24 dev eth0 of this host"), or None.
+HostOverlap = Callable[[ipaddress.IPv4Network], "str | None"]
 
 
 @functools.lru_cache(maxsize=4096)  # asked for every local port on every pass; a host has few
@@ -53,6 +58,7 @@ class HostPlan:
     missing_claims: list[tuple[OverlayAddress, str, str]] = field(default_factory=list)  # (cidr, host, container ref)
     gone_containers: list[str] = field(default_factory=list)  # attachment refs whose container was removed
     deferred: list[str] = field(default_factory=list)  # attachment refs Docker was not asked about yet
+    refused: list[str] = field(default_factory=list)  # attachment refs with a subnet over the host's routes
     problems: list[Invalid] = field(default_factory=list)
 
 
@@ -69,10 +75,14 @@ def plan_host(
     mtu: int,
     dns_domain: str | None = None,
     with_remote: bool = True,
+    host_overlap: HostOverlap | None = None,
 ) -> HostPlan:
     """The plan of host `me`. `state` is a `ClusterState` or the agent's incremental
     `pyweave.view.ClusterView` (the same records); with `with_remote` false the remote entries are
-    left out, for a caller that keeps them per event (`ClusterView.remote`)."""
+    left out, for a caller that keeps them per event (`ClusterView.remote`). `host_overlap` says
+    what of the host's own routing a subnet overlaps: such an address (an attachment written by
+    hand, which `run` and `attach` would have refused) is a problem, never a port, a network or a
+    claim, since programming it would route the host's own traffic into the overlay."""
     plan = HostPlan()
     for ref, att in state.local_attachments(me):
         if ref != EXPOSE_REF and ref not in containers:
@@ -81,7 +91,7 @@ def plan_host(
             plan.deferred.append(ref)
             continue
         info = containers.get(ref)
-        _plan_attachment(plan, state, me, ref, att, info, existing_ports, mtu)
+        _plan_attachment(plan, state, me, ref, att, info, existing_ports, mtu, host_overlap)
         if dns_domain and info is not None and ref != EXPOSE_REF:
             _plan_names(plan, state, me, info, dns_domain)
     if with_remote:
@@ -108,15 +118,25 @@ def expose_mac(host: str, vni: int) -> str:
 
 
 def _resolve(
-    plan: HostPlan, state: ClusterState | ClusterView, me: str, ref: str, att: AttachmentRecord
+    plan: HostPlan, state: ClusterState | ClusterView, me: str, ref: str, att: AttachmentRecord,
+    host_overlap: HostOverlap | None = None,
 ) -> tuple[list[int], dict[int, list[OverlayAddress]]]:
     """The attachment's addresses grouped by VNI, in the order the attachment lists them.
     Addresses whose network or claim is missing are queued for the agent to create, and
-    addresses held by someone else are reported: neither gets a port yet."""
+    addresses held by someone else, or on a subnet over the host's own routes, are reported:
+    none of them gets a port yet."""
     key = attachment_key(me, ref)
     by_vni: dict[int, list[OverlayAddress]] = {}
     order: list[int] = []
     for cidr in att.cidrs:
+        overlap = host_overlap(cidr.network) if host_overlap is not None else None
+        if overlap:
+            plan.problems.append(Invalid(key, f"subnet {cidr.network} overlaps {overlap}: not programmed (it would "
+                                              f"divert the host's own traffic); write the attachment with a subnet "
+                                              f"that does not overlap it"))
+            if ref not in plan.refused:
+                plan.refused.append(ref)
+            continue
         net = state.network_for(cidr.network)
         if net is None:
             other = state.conflicting_network(cidr.network)
@@ -159,8 +179,9 @@ def _endpoint_records(
         plan.endpoints[endpoint_key(me, container, rec.ip)] = rec
 
 
-def _plan_expose(plan: HostPlan, state: ClusterState | ClusterView, me: str, att: AttachmentRecord) -> None:
-    order, by_vni = _resolve(plan, state, me, EXPOSE_REF, att)
+def _plan_expose(plan: HostPlan, state: ClusterState | ClusterView, me: str, att: AttachmentRecord,
+                 host_overlap: HostOverlap | None) -> None:
+    order, by_vni = _resolve(plan, state, me, EXPOSE_REF, att, host_overlap)
     for vni in order:
         cidrs = tuple(by_vni[vni])
         plan.vnis.add(vni)
@@ -177,9 +198,10 @@ def _plan_attachment(
     info: ContainerInfo | None,
     existing_ports: Mapping[tuple[str, int], PortState],
     mtu: int,
+    host_overlap: HostOverlap | None = None,
 ) -> None:
     if ref == EXPOSE_REF:
-        _plan_expose(plan, state, me, att)
+        _plan_expose(plan, state, me, att, host_overlap)
         return
     key = attachment_key(me, ref)
     if info is None:
@@ -190,7 +212,7 @@ def _plan_attachment(
         return
     if not info.running:
         return  # a stopped container keeps its attachment; its port comes back when it starts
-    order, by_vni = _resolve(plan, state, me, ref, att)
+    order, by_vni = _resolve(plan, state, me, ref, att, host_overlap)
 
     # Interface names: a port that exists keeps its name; a new one takes the lowest free name,
     # networks in the order the attachment lists them (so the first network is `ethwe`).

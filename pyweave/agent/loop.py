@@ -24,6 +24,7 @@ from dataplane.api import VXLAN_OVERHEAD, Dataplane, DataplaneError, RemoteEntry
 from dataplane.hostfilter import HostFilter
 from pyweave.agent.applier import KernelApplier
 from pyweave.agent.docker_view import DockerView
+from pyweave.agent.hostguard import HostRouteGuard
 from pyweave.agent.janitor import Janitor
 from pyweave.agent.lease import LeaseKeeper
 from pyweave.agent.prober import Prober
@@ -87,6 +88,8 @@ class Agent:
             self.tunnel = TunnelKeeper(state, me=self.me, address=underlay.address)
         if probe is None:
             probe = dataplane is None
+        # A hand-written attachment over the host's own routes is refused (the kernel's dataplane only).
+        self.host_guard = HostRouteGuard() if dataplane is None else None
         if dataplane is None:
             from dataplane.linux import LinuxDataplane
 
@@ -235,6 +238,8 @@ class Agent:
             self.docker.forget()
             self._ports = None
             self._last_full = time.monotonic()
+            if self.host_guard is not None:
+                self.host_guard.forget()
         try:
             return self._reconcile(view, full=full)
         except BaseException:
@@ -268,6 +273,7 @@ class Agent:
             plan = plan_host(
                 view, self.me, containers, existing, mtu=self.mtu,
                 dns_domain=self.config.dns_domain if self.config.dns else None, with_remote=False,
+                host_overlap=self.host_guard,
             )
             remote_full: dict[int, list[RemoteEntry]] = {}
             remote_changes: dict[int, dict[str, RemoteEntry | None]] = {}
@@ -300,7 +306,7 @@ class Agent:
         # An invalid value written over a working attachment must not detach the container:
         # its ports and records stay frozen as they are until the value is fixed or deleted.
         mine = keys.attachment_key(self.me, "")
-        frozen_refs = {inv.key[len(mine):] for inv in invalid if inv.key.startswith(mine)}
+        frozen_refs = {inv.key[len(mine):] for inv in invalid if inv.key.startswith(mine)} | set(plan.refused)
         frozen: set[str] = set(plan.deferred)  # not planned this pass: leave them as they are
         if docker_ok:
             for ref in frozen_refs:

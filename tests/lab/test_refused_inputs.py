@@ -7,10 +7,11 @@ processes and Docker's containers as they were. Values written by hand into the 
 without a crash. The pure checks behind these: tests/unit/test_inputs.py.
 """
 
+import json
 import subprocess
 
 import pytest
-from labtools import docker, run_container, store_dump
+from labtools import docker, ping, run_container, store_dump, wait_for
 
 from pyweave_lab import Lab, leftovers
 
@@ -117,6 +118,41 @@ def test_a_subnet_over_the_hosts_routes_is_refused(lab, container, lone_address,
     r = lab.pyweave(0, *(a.format(container=container) for a in args))
     assert r.returncode == 1, r.stderr
     assert words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def problems(lab: Lab, host: int) -> dict[str, str]:
+    r = lab.pyweave(host, "status", "--json")
+    return {p["key"]: p["problem"] for p in json.loads(r.stdout)["problems"]} if r.returncode == 0 else {}
+
+
+def test_an_attachment_written_by_hand_over_the_hosts_routes_is_refused_by_the_agent(lab, container):
+    """etcdctl skips the CLI's check: the agent refuses the attachment itself (a problem in `status`),
+    programs nothing for it (no port, no network, no route over the underlay's), and a working
+    attachment rewritten that way keeps its port until the value is fixed."""
+    host = lab.hosts[0].name
+    other = run_container(lab, 0, "10.130.0.2/24", "busybox", "sleep", "3600")
+    bare = docker("run", "-d", "--name", f"{lab.prefix}-byhand", "busybox", "sleep", "3600", check=True).stdout.strip()
+    bare_key, other_key = f"/pyweave/v1/attachments/{host}/{bare}", f"/pyweave/v1/attachments/{host}/{other}"
+    other_value = lab.etcdctl(0, "get", "--print-value-only", other_key).stdout.strip()
+    try:
+        lab.etcdctl(0, "put", bare_key, '{"cidrs": ["198.18.0.77/24"]}')
+        lab.etcdctl(0, "put", other_key, '{"cidrs": ["198.18.0.78/24"]}')
+        found = wait_for(lambda: (lambda p: p if {bare_key, other_key} <= set(p) else None)(problems(lab, 0)),
+                         timeout=30, message="both attachments reported as problems")
+        for key in (bare_key, other_key):
+            assert "subnet 198.18.0.0/24 overlaps the route 198.18.0.0/24 dev eth0 of this host" in found[key], found
+        routes = lab.exec(0, "ip", "-4", "route", "show", "table", "main").stdout.splitlines()
+        assert [r for r in routes if r.startswith("198.18.0.")] == [r for r in routes if r.startswith("198.18.0.0/24 dev eth0")], routes
+        assert lab.etcdctl(0, "get", "--prefix", "--keys-only", "/pyweave/v1/networks/198.18.").stdout.strip() == ""
+        assert docker("exec", bare, "ip", "link", "show", "ethwe").returncode != 0
+        # The container attached normally works; the one whose attachment was rewritten keeps its port.
+        assert ping(container, "10.130.0.2") and ping(other, "10.130.0.1")
+    finally:
+        lab.etcdctl(0, "del", bare_key, check=False)
+        lab.etcdctl(0, "put", other_key, other_value, check=False)
+        docker("rm", "-f", bare)
+    wait_for(lambda: not {bare_key, other_key} & set(problems(lab, 0)), timeout=30, message="the problems gone")
+    assert ping(other, "10.130.0.1")
 
 
 # -- values written by hand into the store ---------------------------------------------------------
