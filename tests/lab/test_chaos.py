@@ -41,6 +41,12 @@ class Chaos:
         out = self.lab.exec(host, "bridge", "fdb", "show").stdout
         return "\n".join(line for line in out.splitlines() if " dst " in line)
 
+    def converged(self, host: int, *, added: str, removed: str, since: float, message: str) -> float:
+        """Seconds from `since` until the FDB of host holds the MAC `added` and no longer `removed`
+        (polled for at most 5 s)."""
+        wait_for(lambda: added in self.fdb(host) and removed not in self.fdb(host), timeout=5, message=message)
+        return time.monotonic() - since
+
     def agent_log(self, host: int) -> str:
         return (self.lab.state_dir(host) / "agent.log").read_text(errors="replace")
 
@@ -176,10 +182,8 @@ def test_2_watch_behind_a_compaction_relists_and_converges(chaos):
     finally:
         os.kill(pid, signal.SIGUSR2)
     started = time.monotonic()
-    kept_mac = mac_of(kept)
-    wait_for(lambda: kept_mac in chaos.fdb(1) and gone_mac not in chaos.fdb(1), timeout=5,
-             message="the agent behind the compaction to converge")
-    took = time.monotonic() - started
+    took = chaos.converged(1, added=mac_of(kept), removed=gone_mac, since=started,
+                           message="the agent behind the compaction to converge")
     assert "listing again" in chaos.agent_log(1)
     assert ping(chaos.c[1], f"{NET}.61")
     record(2,
@@ -199,10 +203,8 @@ def test_3_agent_killed_while_others_change_converges_and_collects_garbage(chaos
     started = time.monotonic()
     r = lab.pyweave(1, "launch", lab.hosts[0].address)
     assert r.returncode == 0, r.stderr
-    added_mac = mac_of(added)
-    wait_for(lambda: added_mac in chaos.fdb(1) and removed_mac not in chaos.fdb(1), timeout=5,
-             message="the restarted agent to converge")
-    took = time.monotonic() - started
+    took = chaos.converged(1, added=mac_of(added), removed=removed_mac, since=started,
+                           message="the restarted agent to converge")
     inv = lab.inventory(1)
     assert inv["bridges"] == inv["vxlans"] == 1 and inv["fdb"] == inv["neigh"]
     assert "File exists" not in chaos.agent_log(1)
