@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -144,5 +145,7 @@ class HostFilter:
 
 
 def remove_host_filter() -> None:
-    """Delete the table (`pyweave reset`); absent is fine."""
+    """Delete the table (`pyweave reset`); absent is fine (so is nft: then no table was made)."""
+    if shutil.which("nft") is None:
+        return
     _nft(f"table {NFT_FAMILY} {NFT_TABLE} {{}}\ndelete table {NFT_FAMILY} {NFT_TABLE}\n")

@@ -468,6 +468,7 @@ def reset(
     first; the reset is refused if the store would lose its quorum (`--force` resets anyway).
     """
     from dataplane.host import remove_all_owned, remove_local_address
+    from dataplane.hostfilter import remove_host_filter
     from pyweave.dnsnames import SERVICE_ADDRESS
     from store.cluster import Cluster
     from store.errors import StoreError
@@ -481,6 +482,7 @@ def reset(
     _stop_tunnel(state)
     remove_all_owned()
     remove_local_address(SERVICE_ADDRESS)
+    remove_host_filter()  # the agent's filter for traffic from containers to this host
     if config is not None:
         try:
             raw = open_store(config.store)
