@@ -9,6 +9,9 @@ Names are the contract with the kernel: one network = one VNI = bridge `pwb-<vni
 agent recognises what it owns by these prefixes (and the veth's alias), so it can garbage-collect.
 A host that relays network `vni` for others (docs/routing.md) also has, per hop budget k, a transit
 VXLAN device `pwrx<k>-<vni>` (UDP port VXLAN_PORT + k) alone on a transit bridge `pwrb<k>-<vni>`.
+Besides devices, pyweave owns two nft tables: `inet pyweave_hostfilter` (the agent's: containers
+reach their host only for DNS, `dataplane.hostfilter`) and `inet pyweave_tunnel` (the encrypted
+tunnel's, `dataplane.tunnel`).
 """
 
 from __future__ import annotations
