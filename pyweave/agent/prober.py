@@ -9,6 +9,14 @@ after 2 pongs in a row (consecutive sequence numbers) and **down** when no pong 
 The agent runs `Prober.run` in a thread, feeds it the alive hosts (`set_peers`) and, when told by
 `on_change()`, reads `snapshot()` and writes its links record if `publish_due` says so.
 
+Cost: a wake-up costs what is due, never a walk over every peer. The pings wait in a heap by due
+time and the up links in a heap by the time they would go down (a link's deadline only moves later,
+so an entry is checked when it comes up and pushed back if a pong came meanwhile). The thread sleeps
+in one poll() until the next due time, a packet, or a wake from `set_peers`/`close`; pings due
+within MIN_WAIT go out together, so a few peers cost one wake-up per interval for the sends, and
+thousands of peers (say, hosts that never answer) cost about max_rate sends a second and nothing
+more. `snapshot()` is rebuilt only after a change.
+
 Wire format (network byte order):
 
     magic b"PWP1" | kind u8 (1 = ping, 2 = pong) | seq u32 | sent_ns u64 | sender name (utf-8, rest)
@@ -17,7 +25,10 @@ Wire format (network byte order):
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import logging
+import os
 import select
 import socket
 import struct
@@ -43,8 +54,9 @@ RTT_CHANGE_MIN_MS = 1.0
 RTT_WRITE_INTERVAL = 5.0
 RTT_SMOOTHING = 0.3  # weight of a new sample in the smoothed RTT (EWMA)
 SEQ_WINDOW = 1024  # a pong must echo one of the last SEQ_WINDOW pings sent to that peer
-MAX_WAIT = 0.05  # longest select(): how fast run() notices `stop`
-MIN_WAIT = 0.02  # shortest wait between two rounds of sends (a pong wakes it at once anyway)
+MAX_WAIT = 0.5  # longest sleep: how fast run() notices the agent's `stop` (close() wakes it at once)
+MIN_WAIT = 0.02  # pings due this soon go out with the round being sent (one wake-up for many peers)
+THREAD_NAME = "pyweave-prober"  # the kernel's name of the thread (/proc/<pid>/task/<tid>/comm)
 # A peer's kernel that answers a ping with ICMP "port unreachable" is reachable: its agent is down
 # (restarting), not the link. The kernel rate-limits those replies (a burst of 6, then 1 a second by
 # default: net.ipv4.icmp_ratelimit), so such an answer keeps the link up for longer than a pong does.
@@ -123,6 +135,7 @@ class _Peer:
     due: float = 0.0  # clock time of the next ping
     seeded: bool = False  # up from a seed, not yet confirmed by a pong
     kernel_seen: float = float("-inf")  # clock time of the last ICMP port unreachable from the peer
+    expiry_queued: bool = False  # has an entry in the prober's heap of down deadlines
 
     def view(self) -> LinkView:
         return LinkView(up=self.up, rtt_ms=None if self.rtt_ms is None else round(self.rtt_ms, 3), since=self.since)
@@ -156,36 +169,51 @@ class Prober:
         self.stats = ProbeStats()
         self.bound = threading.Event()  # set once the socket is bound (cleared when run() ends)
         self.bind_error: OSError | None = None  # the last failure to bind, while run() retries
+        self.wakeups = 0  # times run() woke up (for the benchmarks and tests)
         # Test hook: a packet (sender name, kind) for which it returns True is dropped on receipt.
         self.drop: Callable[[str, int], bool] | None = None
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
+        self._by_address: dict[str, list[str]] = {}  # underlay address -> peers (ICMP answers name none)
         self._seeded: dict[str, LinkView] = {}
+        # (due, order, name, peer): one entry per peer; an entry whose peer was forgotten is skipped
+        self._pings: list[tuple[float, int, str, _Peer]] = []
+        # (deadline, order, name, peer): up links, by when they go down unless a pong comes
+        self._deadlines: list[tuple[float, int, str, _Peer]] = []
+        self._order = itertools.count()
         self._dirty = True  # a peer or an up/down changed since the last on_change()
         self._notified: dict[str, LinkView] | None = None
         self._notified_at = float("-inf")
+        self._views: dict[str, LinkView] | None = None  # snapshot(), until something changes
         self._closed = threading.Event()
         self._sock: socket.socket | None = None
+        self._wake_fd: int | None = None  # write end of the pipe run() polls with the socket
 
     # -- the agent's side ----------------------------------------------------------------------
     def set_peers(self, peers: Mapping[str, str]) -> None:
         """The peers to probe (name -> underlay address). Peers not named are forgotten; a peer
-        whose address changed starts over (down)."""
+        whose address changed starts over (down). New peers are spread at max_rate."""
         with self._lock:
-            now, wall = self.clock(), self.wall()
-            for name in list(self._peers):
-                if name not in peers or peers[name] != self._peers[name].address:
-                    del self._peers[name]
-                    self._dirty = True
+            changed = False
+            for name in [n for n, p in self._peers.items() if peers.get(n) != p.address]:
+                del self._peers[name]
+                changed = True
             new = [name for name in sorted(peers) if name != self.me and name not in self._peers]
-            period = self._period(len(peers))
+            now, wall = self.clock(), self.wall()
+            step = 1.0 / self.max_rate if self.max_rate > 0 else 0.0
             for i, name in enumerate(new):
-                peer = _Peer(address=peers[name], since=wall, due=now + period * i / max(len(new), 1))
+                peer = _Peer(address=peers[name], since=wall, due=now + step * i)
+                self._peers[name] = peer
+                heapq.heappush(self._pings, (peer.due, next(self._order), name, peer))
                 seed = self._seeded.get(name)
                 if seed is not None:
-                    self._apply_seed(peer, seed, now)
-                self._peers[name] = peer
+                    self._apply_seed(name, peer, seed, now)
+            if changed or new:
                 self._dirty = True
+                self._views = None
+                self._reindex()
+        if new:
+            self._wake()
 
     def seed(self, views: Mapping[str, LinkView]) -> None:
         """Start from a previously published view (after an agent restart): a link seeded up counts
@@ -196,13 +224,15 @@ class Prober:
             self._seeded = dict(views)
             for name, peer in self._peers.items():
                 if name in views and peer.answered is None:
-                    self._apply_seed(peer, views[name], now)
+                    self._apply_seed(name, peer, views[name], now)
             self._notified = None  # the agent publishes its first view, seeded or not
             self._dirty = True
+            self._views = None
 
-    def snapshot(self) -> dict[str, LinkView]:
+    def snapshot(self) -> Mapping[str, LinkView]:
+        """Every peer's link now (read-only: the same mapping is handed out until a change)."""
         with self._lock:
-            return {name: peer.view() for name, peer in self._peers.items()}
+            return self._current_views()
 
     @property
     def period(self) -> float:
@@ -213,14 +243,20 @@ class Prober:
 
     def close(self) -> None:
         self._closed.set()
+        self._wake()
 
     # -- the thread ----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Thread body: probe until `stop` is set or `close()` is called. Never raises for the
         network's sake: a bind failure is retried every second, send and receive errors are counted."""
+        _name_thread(THREAD_NAME)
         sock = self._bind(stop)
         if sock is None:
             return
+        wake_r, self._wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)  # POLLERR (the ICMP error queue) comes unasked
+        poller.register(wake_r, select.POLLIN)
         try:
             with self._lock:
                 now = self.clock()
@@ -233,19 +269,38 @@ class Prober:
                 self._send_due(sock, now)
                 self._expire(now)
                 self._notify_if_due()
-                # Sends are batched in MIN_WAIT steps: with many peers, waking for each one's ping
-                # (each wake-up walks every peer) cost more than the probes themselves.
-                timeout = max(MIN_WAIT, min(self._next_wakeup() - self.clock(), MAX_WAIT))
+                timeout = min(self._next_wakeup(now) - self.clock(), MAX_WAIT)
                 try:
-                    readable, _, _ = select.select([sock], [], [], timeout)
+                    events = poller.poll(max(timeout, 0.0) * 1000)
                 except (OSError, ValueError):
                     break  # the socket was closed under us
-                if readable:
-                    self._receive(sock)
+                self.wakeups += 1
+                for fd, mask in events:
+                    if fd == wake_r:
+                        _drain(wake_r)
+                        continue
+                    if mask & select.POLLERR:
+                        self._kernel_answers(sock)
+                    if mask & select.POLLIN:
+                        self._receive(sock)
         finally:
             self.bound.clear()
             self._sock = None
+            wake_w, self._wake_fd = self._wake_fd, None
+            for fd in (wake_r, wake_w):
+                if fd is not None:
+                    os.close(fd)
             sock.close()
+
+    def _wake(self) -> None:
+        """Make run() look again now (peers came, or close())."""
+        fd = self._wake_fd
+        if fd is None:
+            return
+        try:
+            os.write(fd, b"w")
+        except OSError:  # full (a wake is pending anyway) or closed (run() ended)
+            pass
 
     def _bind(self, stop: threading.Event) -> socket.socket | None:
         while not (stop.is_set() or self._closed.is_set()):
@@ -272,26 +327,31 @@ class Prober:
     def _period(self, peers: int) -> float:
         return max(self.interval, peers / self.max_rate) if self.max_rate > 0 else self.interval
 
-    def _next_wakeup(self) -> float:
+    def _deadline(self, peer: _Peer) -> float:
+        """When an up link goes down if no pong (nor kernel answer) comes before."""
+        return max(peer.last_pong + self.down_after, peer.kernel_seen + KERNEL_ANSWER_GRACE)
+
+    def _next_wakeup(self, now: float) -> float:
         with self._lock:
-            times = [p.due for p in self._peers.values()]
-            times += [max(p.last_pong + self.down_after, p.kernel_seen + KERNEL_ANSWER_GRACE)
-                      for p in self._peers.values() if p.up]
-        return min(times, default=self.clock() + MAX_WAIT)
+            times = [heap[0][0] for heap in (self._pings, self._deadlines) if heap]
+        return min(times, default=now + MAX_WAIT)
 
     def _send_due(self, sock: socket.socket, now: float) -> None:
         sends = []
         with self._lock:
             period = self._period(len(self._peers))
-            for peer in self._peers.values():
-                if peer.due > now:
-                    continue
+            pings, peers = self._pings, self._peers
+            while pings and pings[0][0] <= now + MIN_WAIT:
+                _due, _order, name, peer = heapq.heappop(pings)
+                if peers.get(name) is not peer:
+                    continue  # forgotten, or started over
                 peer.seq = (peer.seq + 1) & 0xFFFFFFFF
                 # keep the phase; a peer far behind (a stalled thread) starts again from now
                 peer.due = peer.due + period if peer.due + period > now else now + period
-                sends.append((peer.address, encode(PING, peer.seq, int(self.clock() * 1e9), self.me)))
-        for address, packet in sends:
-            if self._sendto(sock, packet, address):
+                heapq.heappush(pings, (peer.due, next(self._order), name, peer))
+                sends.append((peer.address, peer.seq))
+        for address, seq in sends:
+            if self._sendto(sock, encode(PING, seq, int(self.clock() * 1e9), self.me), address):
                 self.stats.pings_sent += 1
 
     def _sendto(self, sock: socket.socket, packet: bytes, address: str) -> bool:
@@ -322,13 +382,11 @@ class Prober:
                     continue
                 now = self.clock()
                 with self._lock:
-                    for peer in self._peers.values():
-                        if peer.address == address[0]:
-                            peer.kernel_seen = now
-                            self.stats.kernel_answers += 1
+                    for name in self._by_address.get(address[0], ()):
+                        self._peers[name].kernel_seen = now
+                        self.stats.kernel_answers += 1
 
     def _receive(self, sock: socket.socket) -> None:
-        self._kernel_answers(sock)
         for _ in range(1024):  # drain what is queued, but come back to sending in time
             try:
                 data, (src, _port) = sock.recvfrom(2048)
@@ -376,10 +434,11 @@ class Prober:
             else:
                 return  # a duplicate, or a late pong for an older ping: no news
             peer.answered = seq
-            peer.last_pong = now
+            peer.last_pong = now  # its deadline moves later: the heap entry is checked when due
             peer.kernel_seen = float("-inf")  # its agent answers again
             peer.seeded = False
             peer.rtt_ms = rtt_ms if peer.rtt_ms is None else (1 - RTT_SMOOTHING) * peer.rtt_ms + RTT_SMOOTHING * rtt_ms
+            self._views = None
             if not peer.up and peer.streak >= self.up_after:
                 self._flip(sender, peer, True)
             elif self._notified is not None and now - self._notified_at >= RTT_WRITE_INTERVAL:
@@ -389,30 +448,72 @@ class Prober:
             self._notify()
 
     def _expire(self, now: float) -> None:
+        """Links whose deadline passed go down; a deadline that moved (a pong came) is queued again."""
         with self._lock:
-            for name, peer in self._peers.items():
-                if peer.up and now - peer.last_pong > self.down_after and now - peer.kernel_seen > KERNEL_ANSWER_GRACE:
+            deadlines, peers = self._deadlines, self._peers
+            while deadlines and deadlines[0][0] < now:
+                _at, _order, name, peer = heapq.heappop(deadlines)
+                peer.expiry_queued = False
+                if peers.get(name) is not peer or not peer.up:
+                    continue
+                deadline = self._deadline(peer)
+                if now > deadline:
                     self._flip(name, peer, False)
+                else:
+                    self._queue_deadline(name, peer, deadline)
+
+    def _queue_deadline(self, name: str, peer: _Peer, deadline: float) -> None:
+        """With the lock held: an up link gets its (single) entry in the heap of deadlines."""
+        if not peer.expiry_queued:
+            peer.expiry_queued = True
+            heapq.heappush(self._deadlines, (deadline, next(self._order), name, peer))
+
+    def _reindex(self) -> None:
+        """With the lock held, after peers changed: the address index, and the heaps rebuilt
+        without the entries of forgotten peers once those are half of them."""
+        self._by_address = {}
+        for name, peer in self._peers.items():
+            self._by_address.setdefault(peer.address, []).append(name)
+        if len(self._pings) > 2 * len(self._peers) + 64:
+            self._pings = [entry for entry in self._pings if self._peers.get(entry[2]) is entry[3]]
+            heapq.heapify(self._pings)
+        if len(self._deadlines) > 2 * len(self._peers) + 64:
+            for entry in self._deadlines:
+                entry[3].expiry_queued = False
+            self._deadlines = []
+            for name, peer in self._peers.items():
+                if peer.up:
+                    self._queue_deadline(name, peer, self._deadline(peer))
 
     def _flip(self, name: str, peer: _Peer, up: bool) -> None:
         """With the lock held: a link goes up or down."""
         peer.up = up
         peer.since = self.wall()
         peer.seeded = False
-        if not up:
+        if up:
+            self._queue_deadline(name, peer, self._deadline(peer))
+        else:
             peer.streak = 0
         self.stats.changes[name] = self.stats.changes.get(name, 0) + 1
         self._dirty = True
+        self._views = None
         log.info("link %s -> %s %s%s", self.me, name, "up" if up else "down",
                  f" (rtt {peer.rtt_ms:.2f} ms)" if up and peer.rtt_ms is not None else "")
 
-    def _apply_seed(self, peer: _Peer, view: LinkView, now: float) -> None:
+    def _apply_seed(self, name: str, peer: _Peer, view: LinkView, now: float) -> None:
         peer.up = view.up
         peer.since = view.since
         peer.rtt_ms = view.rtt_ms
         peer.seeded = view.up
         if view.up:
             peer.last_pong = now
+            self._queue_deadline(name, peer, self._deadline(peer))
+
+    def _current_views(self) -> dict[str, LinkView]:
+        """With the lock held: every peer's view, built again only after a change."""
+        if self._views is None:
+            self._views = {name: peer.view() for name, peer in self._peers.items()}
+        return self._views
 
     def _notify_if_due(self) -> None:
         with self._lock:
@@ -423,9 +524,27 @@ class Prober:
     def _notify(self) -> None:
         with self._lock:
             self._dirty = False
-            self._notified = {name: peer.view() for name, peer in self._peers.items()}
+            self._notified = self._current_views()
             self._notified_at = self.clock()
         try:
             self.on_change()
         except Exception:
             log.exception("prober: on_change failed")
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except OSError:  # empty (EAGAIN)
+        pass
+
+
+def _name_thread(name: str) -> None:
+    """Give the calling thread a name the kernel shows (ps -L, /proc/<pid>/task/<tid>/comm), so
+    its CPU can be told apart from the agent's other threads. Best effort."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass

@@ -298,3 +298,77 @@ def test_publish_due_rtt_rule():
     assert publish_due(small, {"b": _view(rtt=1.2)}, 0.0, 100.0)  # +1 ms and more than half
     assert publish_due({"b": _view(up=False, rtt=None)}, {"b": _view(up=False, rtt=3.0)}, 0.0, 100.0)  # first RTT
     assert not publish_due({"b": _view(rtt=3.0)}, {"b": _view(rtt=None)}, 0.0, 100.0)
+
+
+class _Sent:
+    """Stands in for the prober's socket in the scheduling tests: records where pings went."""
+
+    def __init__(self) -> None:
+        self.to: list[tuple[float, str]] = []
+        self.now = 0.0
+
+    def sendto(self, packet: bytes, address: tuple[str, int]) -> None:
+        self.to.append((self.now, address[0]))
+
+
+def _drive(p: Prober, clock: list[float], until: float) -> tuple[_Sent, int]:
+    """run()'s schedule without its sleeps: send what is due, jump to the next due time."""
+    sock, wakes = _Sent(), 0
+    while clock[0] < until:
+        sock.now = clock[0]
+        p._send_due(sock, clock[0])
+        p._expire(clock[0])
+        wakes += 1
+        clock[0] = max(p._next_wakeup(clock[0]), clock[0] + 1e-6)
+    return sock, wakes
+
+
+def test_many_peers_are_probed_in_turn_within_the_rate_cap():
+    clock = [0.0]
+    p = Prober("a", A, interval=0.1, max_rate=200.0, clock=lambda: clock[0])
+    peers = {f"h{i}": f"10.1.{i // 250}.{i % 250 + 1}" for i in range(1000)}
+    p.set_peers(peers)
+    sock, wakes = _drive(p, clock, 20.0)
+    per_peer: dict[str, int] = {}
+    per_second: dict[int, int] = {}
+    for at, address in sock.to:
+        per_peer[address] = per_peer.get(address, 0) + 1
+        per_second[int(at)] = per_second.get(int(at), 0) + 1
+    assert set(per_peer) == set(peers.values())
+    assert set(per_peer.values()) == {4}  # every 5 s (1000 peers at 200/s), each in turn
+    assert max(per_second.values()) <= 200 + 5  # the cap, give or take one round
+    assert wakes <= 20.0 / 0.02 + 1  # pings due within a round go out together
+
+
+def test_few_peers_cost_one_round_per_interval():
+    clock = [0.0]
+    p = Prober("a", A, interval=0.1, clock=lambda: clock[0])
+    p.set_peers({"b": B, "c": C, "d": "127.0.0.4"})
+    sock, wakes = _drive(p, clock, 0.95)
+    assert len(sock.to) == 30  # 10 a second each
+    assert wakes == 10
+
+
+def test_a_pong_moves_the_down_deadline_without_a_walk():
+    clock = [0.0]
+    p = Prober("a", A, interval=0.1, down_after=0.5, clock=lambda: clock[0])
+    p.seed({"b": LinkView(up=True, rtt_ms=1.0, since=5.0)})
+    p.set_peers({"b": B})
+    p._send_due(_Sent(), 0.0)
+    clock[0] = 0.3
+    p._pong("b", 1, 0)  # a pong for the first ping
+    p._expire(0.6)
+    assert up(p, "b")  # 0.6 s after the seed, but 0.3 s after the pong
+    p._expire(0.79)
+    assert up(p, "b")
+    p._expire(0.81)
+    assert not up(p, "b")
+
+
+def test_the_snapshot_is_built_again_only_after_a_change():
+    p = Prober("a", A)
+    p.set_peers({f"h{i}": f"10.1.0.{i + 1}" for i in range(100)})
+    first = p.snapshot()
+    assert p.snapshot() is first
+    p.set_peers({f"h{i}": f"10.1.0.{i + 1}" for i in range(99)})
+    assert p.snapshot() is not first and len(p.snapshot()) == 99
