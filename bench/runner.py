@@ -29,11 +29,11 @@ from bench.context import BenchContext
 from bench.report import SectionResult
 from bench.sizes import FULL, QUICK
 
-SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale", "ghosts", "routing", "encryption")
-LAB_SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "routing", "encryption")
+SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "scale", "ghosts", "routing", "encryption", "dns")
+LAB_SECTIONS = ("throughput", "latency", "convergence", "cli", "agent", "routing", "encryption", "dns")
 DEFAULT_OUT = machine.REPO / "docs" / "performance.md"
-# Issue 6 asked for under 15 minutes with six sections; with nine (200 simulated hosts in section 6,
-# relays in 8, the tunnel in 9) a full run needs about half an hour on 2 cores.
+# Issue 6 asked for under 15 minutes with six sections; with ten (200 simulated hosts in section 6,
+# relays in 8, the tunnel in 9, a DNS flood of 30 s in 10) a full run needs about half an hour on 2 cores.
 FULL_BUDGET_S = 35 * 60
 
 
@@ -122,11 +122,12 @@ TITLES = {
     "ghosts": "7. One host at cluster scale",
     "routing": "8. Routing",
     "encryption": "9. Encryption",
+    "dns": "10. DNS under load",
 }
 
 
 def run(ctx: BenchContext, sections: list[str]) -> list[SectionResult]:
-    from bench import agent_cost, cli_overhead, convergence, datapath, encryption, ghosts, routing, scale
+    from bench import agent_cost, cli_overhead, convergence, datapath, dnsflood, encryption, ghosts, routing, scale
 
     results: list[SectionResult] = []
     wanted_dp = [s for s in ("throughput", "latency") if s in sections]
@@ -163,6 +164,9 @@ def run(ctx: BenchContext, sections: list[str]) -> list[SectionResult]:
     if "encryption" in sections:
         ctx.close_lab()  # two labs of its own (plain and --password)
         results.append(_run_section(ctx, "encryption", TITLES["encryption"], lambda: encryption.run(ctx)))
+    if "dns" in sections:
+        ctx.close_lab()  # a lab of its own (one host, its DNS flooded)
+        results.append(_run_section(ctx, "dns", TITLES["dns"], lambda: dnsflood.run(ctx)))
     return results
 
 

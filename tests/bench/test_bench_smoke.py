@@ -25,6 +25,7 @@ TITLES = [
     "7. One host at cluster scale",
     "8. Routing",
     "9. Encryption",
+    "10. DNS under load",
 ]
 
 
@@ -45,7 +46,8 @@ def _bench_processes() -> list[str]:
         except OSError:
             continue
         if any(mark in cmd for mark in ("bench.scale_worker", "bench.icmp", "pyweave-bench-scale-", "bench.ghost_writer",
-                                         "bench.fanout_watcher", "pyweave-bench-ghosts-", "bench.routing")):
+                                         "bench.fanout_watcher", "pyweave-bench-ghosts-", "bench.routing",
+                                         "bench.dnsload")):
             found.append(cmd.strip())
     return found
 
