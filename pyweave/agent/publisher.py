@@ -39,25 +39,35 @@ class Publisher:
         self._vnis: set[int] = set()
         self._interval = PROGRESS_IDLE_INTERVAL
         self._links: dict[str, LinkView] | None = None
+        self._links_seen: Mapping[str, LinkView] | None = None  # the prober's snapshot decided on last
+        self._links_held = False  # that snapshot had an RTT change held back by the interval
         self.written_revision = 0  # the revision of the last progress record written
         self._links_written = 0.0
 
     def seed_links(self, views: Mapping[str, LinkView] | None) -> None:
         """What this host's links record says now (after a restart, the record of the last run)."""
         self._links = dict(views) if views is not None else None
+        self._links_seen = None
 
     def links(self, views: Mapping[str, LinkView]) -> None:
         """This host's view of its links (docs/routing.md): written at once when a link goes up or
         down, and when an RTT moved a lot at most every few seconds. Only peers that ever answered
-        are listed (a host that never answered is simply not a link)."""
+        are listed (a host that never answered is simply not a link). The prober hands out the same
+        snapshot until a link changes: that one is decided at once, without a walk over the peers."""
+        if views is self._links_seen and not self._links_held:
+            return
+        snapshot = views
         views = {peer: v for peer, v in views.items() if v.rtt_ms is not None}
         now = time.monotonic()
         if not publish_due(self._links, views, self._links_written, now):
+            # due later with no new snapshot only if the interval is all that holds it back
+            self._links_seen, self._links_held = snapshot, publish_due(self._links, views, float("-inf"), now)
             return
         self.raw.put(keys.links_key(self.me), links_value(views), lease=self._lease())
         log.info("links published: %s", ", ".join(f"{p}={'up' if v.up else 'down'}" for p, v in sorted(views.items())) or "none")
         self._links = dict(views)
         self._links_written = now
+        self._links_seen, self._links_held = snapshot, False
 
     def _sync(
         self, mirror: Mirror, revision: int, prefix: str, want: Mapping[str, bytes], frozen: set[str], what: str
