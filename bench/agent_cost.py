@@ -17,7 +17,7 @@ from pathlib import Path
 from bench import profiles
 from bench.context import BenchContext
 from bench.labsession import PAIR_SUBNET, BenchError
-from bench.procs import CLOCK_TICKS, pid_stat, status_fields, vm_hwm_kb
+from bench.procs import CLOCK_TICKS, PROBER_THREAD, pid_stat, prober_ticks, status_fields, thread_ticks, vm_hwm_kb
 from bench.report import SectionResult, Table
 from bench.stats import fmt
 
@@ -76,7 +76,8 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
         f"seconds. Churn: {s.agent_churn_endpoints} "
         f"endpoint records of a ghost host written at {CHURN_RATE:g}/s on {PAIR_SUBNET}.0/24, then deleted at the same "
         "rate (`bench/churn.py`); the window runs from the first write until h2's kernel has removed the last FDB "
-        "entry. CPU is utime+stime of the whole process in percent of one core."
+        "entry. CPU is utime+stime of the whole process in percent of one core; the link prober's share is its "
+        f"thread's (`{PROBER_THREAD}`, /proc/<pid>/task/<tid>/stat), the rest is the agent's other threads."
     )
     settled = _wait_quiet(session, quiet_s=1.0 if ctx.quick else 5.0, timeout=30.0 if ctx.quick else 120.0)
     ctx.say("agent", f"the store was quiet after {settled:.1f} s (the earlier sections' containers are gone)")
@@ -84,16 +85,20 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
     spy_out = tmp / "agent-idle.txt"
     with profiles.PySpyRecording(ctx.spawned, pid, spy_out, rate=100, gil=False) as idle_spy:
         cpu0, _rss = _sample(pid)
+        probe0, threads0 = prober_ticks(pid), thread_ticks(pid)
         t0 = time.monotonic()
         end = t0 + s.agent_idle_seconds
         while time.monotonic() < end:
             rss_idle_samples.append(_sample(pid)[1])
             time.sleep(min(0.5, max(0.0, end - time.monotonic())))
         cpu1, rss1 = _sample(pid)
+        probe1, threads1 = prober_ticks(pid), thread_ticks(pid)
         idle_window = time.monotonic() - t0
     idle_cpu = 100.0 * (cpu1 - cpu0) / CLOCK_TICKS / idle_window
+    idle_prober = 100.0 * (probe1 - probe0) / CLOCK_TICKS / idle_window
     rss_idle = max(rss_idle_samples + [rss1]) / 1024
-    ctx.say("agent", f"idle: {idle_cpu:.2f} % of a core over {idle_window:.1f} s, RSS {rss_idle:.1f} MB")
+    ctx.say("agent", f"idle: {idle_cpu:.2f} % of a core over {idle_window:.1f} s (the prober {idle_prober:.2f} %), "
+                     f"RSS {rss_idle:.1f} MB")
 
     rss_churn: list[int] = []
     stop = threading.Event()
@@ -108,6 +113,7 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
     sampler = threading.Thread(target=watch_rss, daemon=True)
     churn_spy = profiles.PySpyRecording(ctx.spawned, pid, spy_out.with_name("agent-churn.txt"), rate=100, gil=True)
     c0, _ = _sample(pid)
+    p0 = prober_ticks(pid)
     t0 = time.monotonic()
     sampler.start()
     churn_spy.__enter__()
@@ -124,11 +130,13 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
         sampler.join()
         churn_spy.__exit__(None, None, None)
     c1, _ = _sample(pid)
+    p1 = prober_ticks(pid)
     churn_window = time.monotonic() - t0
     churn = json.loads(r.stdout.strip().splitlines()[-1])
     churn_cpu = 100.0 * (c1 - c0) / CLOCK_TICKS / churn_window
     events = 2 * s.agent_churn_endpoints
     cpu_ms_per_event = 1000.0 * (c1 - c0) / CLOCK_TICKS / events
+    prober_ms_per_event = 1000.0 * (p1 - p0) / CLOCK_TICKS / events
     rss_peak = max(rss_churn or [0]) / 1024
     hwm = (vm_hwm_kb(pid) or 0) / 1024
     programmed = churn["programmed"] - churn["start"] if churn["programmed"] else None
@@ -144,12 +152,22 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
     table.add("RSS during churn (max of samples)", f"{rss_peak:.1f} MB")
     table.add("RSS peak since start (VmHWM)", f"{hwm:.1f} MB")
     table.add(f"CPU idle ({idle_window:.0f} s window)", f"{idle_cpu:.2f} % of a core")
+    table.add("... of which the link prober's thread (probes 10/s to each of the other hosts)", f"{idle_prober:.2f} % of a core")
+    table.add("... the rest of the agent", f"{idle_cpu - idle_prober:.2f} % of a core")
     table.add(f"CPU during churn ({churn_window:.0f} s window, {events} endpoint events)", f"{churn_cpu:.1f} % of a core")
     table.add("CPU per endpoint event during churn", f"{cpu_ms_per_event:.1f} ms")
+    table.add("... of which the link prober's thread (it probes whether or not events come)", f"{prober_ms_per_event:.1f} ms")
     table.add(f"all {s.agent_churn_endpoints} FDB entries programmed, after the first write", f"{fmt(programmed)} s")
     table.add("... after the last write", f"{fmt(lag_add)} s")
     table.add("all removed, after the last delete", f"{fmt(lag_del)} s")
     res.tables.append(table)
+    by_thread = {name: ticks - threads0.get(name, 0) for name, ticks in threads1.items()}
+    busy = sorted(((t, name) for name, t in by_thread.items() if t > 0), reverse=True)
+    if busy:
+        res.notes.append(
+            "Idle CPU by thread (the kernel's thread names; the agent's Python threads but the prober share the "
+            "process's name): " + ", ".join(f"`{name}` {100.0 * t / CLOCK_TICKS / idle_window:.2f} %" for t, name in busy)
+            + " of a core.")
     rss_max = max(rss_idle, rss_peak, hwm)
     res.check("agent RSS (largest of idle, churn and VmHWM)", f"{rss_max:.1f} MB", f"<= {RSS_TARGET_MB:.0f} MB",
               rss_max <= RSS_TARGET_MB)
@@ -169,9 +187,10 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
             res.notes.append(f"py-spy profile of the agent ({what}): no sample, the agent never ran in that window.")
     if idle_cpu > IDLE_CPU_TARGET:
         res.limits.append(
-            f"The idle agent used {idle_cpu:.2f} % of a core. The py-spy profile in section 5 shows where: "
-            "the periodic full resync (every `resync_interval`, 10 s), the watcher's 0.5 s poll of its inbox and the "
-            "lease keep-alive."
+            f"The idle agent used {idle_cpu:.2f} % of a core, of which its link prober's thread {idle_prober:.2f} % "
+            f"(10 probes a second to each of the {len(lab.hosts) - 1} other hosts, and their pongs and pings). The "
+            "py-spy profile in section 5 shows where the rest goes: the periodic full resync (every "
+            "`resync_interval`), the store membership check and the lease keep-alive."
         )
     if rss_max > RSS_TARGET_MB:
         res.limits.append(_rss_breakdown(session, pid, rss_max, launch))

@@ -15,8 +15,9 @@ records in 198.19.0.0/16 with 25 endpoints each, written as docs/keys.md describ
       background: the agent's CPU with no event over a window (its periodic full resyncs);
       bursts: 1,000 endpoint events, 500 new endpoints and 500 deletions interleaved, one etcd request
         each (`ghost_writer` "forward"), then the same undone ("reverse"), so the cluster stays at
-        N x 25. Per burst: agent CPU per event (utime+stime of the whole agent from just before the
-        first write until it is idle again, / 1,000), the time from the first write until the
+        N x 25. Per burst: agent CPU per event (utime+stime of the agent from just before the first
+        write until it is idle again, / 1,000; the link prober's thread counted apart: it probes
+        whether or not events come), the time from the first write until the
         kernel shows every change (`ip monitor neigh`: the last of the additions and deletions; a
         dump confirms it), and the agent's RSS before and after.
   (b) cold start into the largest cluster: `pyweave stop`, the network's VXLAN device deleted (its
@@ -50,7 +51,7 @@ from bench.ghosts_report import CPU_PER_EVENT_TARGET_MS, GROWTH_LIMIT, Burst, Co
 from bench.helper import Helper
 from bench.labsession import IMAGE, BenchError
 from bench.machine import REPO
-from bench.procs import CLOCK_TICKS, pid_stat, vm_hwm_kb, wait_until
+from bench.procs import CLOCK_TICKS, pid_stat, prober_ticks, vm_hwm_kb, wait_until
 from bench.report import SectionResult
 from bench.stats import fmt
 from dataplane.api import vxlan_name
@@ -222,12 +223,14 @@ class GhostLab:
             last = now
         return last
 
-    def background_pct(self, seconds: float) -> float:
-        """The agent's CPU with no event over `seconds`, in % of one core (periodic full resyncs included)."""
+    def background_pct(self, seconds: float) -> tuple[float, float]:
+        """The agent's CPU with no event over `seconds`, in % of one core (periodic full resyncs
+        included): (every thread but the link prober's, the prober's thread)."""
         pid = self.agent_pid()
-        c0, t0 = self.cpu_rss(pid)[0], time.monotonic()
+        c0, p0, t0 = self.cpu_rss(pid)[0], prober_ticks(pid), time.monotonic()
         time.sleep(seconds)
-        return 100.0 * (self.cpu_rss(pid)[0] - c0) / CLOCK_TICKS / (time.monotonic() - t0)
+        c1, p1, window = self.cpu_rss(pid)[0], prober_ticks(pid), time.monotonic() - t0
+        return 100.0 * (c1 - c0 - (p1 - p0)) / CLOCK_TICKS / window, 100.0 * (p1 - p0) / CLOCK_TICKS / window
 
     def idle_rss_kb(self, seconds: float) -> int:
         pid = self.agent_pid()
@@ -291,6 +294,7 @@ class GhostLab:
             added, removed = removed, added
         pid, mark = self.agent_pid(), self.log_mark()
         cpu0, rss0 = self.settle(pid)
+        probe0 = prober_ticks(pid)
         t0 = time.monotonic()
         monitor = NeighMonitor(self.ctx, self.ns, self.dev)
         try:
@@ -302,12 +306,14 @@ class GhostLab:
         finally:
             monitor.close()
         cpu1, rss1 = self.settle(pid)
+        probe = prober_ticks(pid) - probe0
         return Burst(
             direction=direction, events=wrote["events"], written_s=wrote["last"] - wrote["first"],
             program_s=None if seen is None else seen - wrote["first"],
-            cpu_ms_per_event=1000.0 * (cpu1 - cpu0) / CLOCK_TICKS / wrote["events"], window_s=time.monotonic() - t0,
+            cpu_ms_per_event=1000.0 * (cpu1 - cpu0 - probe) / CLOCK_TICKS / wrote["events"], window_s=time.monotonic() - t0,
             rss_before_kb=rss0, rss_after_kb=rss1, confirmed=self.shows(added, removed), by_monitor=by_monitor,
             gave_up=gave_up, log=[] if seen is not None else self.log_since(mark),
+            prober_ms_per_event=1000.0 * probe / CLOCK_TICKS / wrote["events"],
         )
 
     def cold_start(self, hosts: int, *, profile: Path) -> tuple[ColdStart, profiles.Profile | None]:
@@ -359,13 +365,13 @@ def _measure_host(ctx: BenchContext, tmp: Path, found: Findings) -> None:
                    + (f"after {p.seconds:.2f} s" if p.seconds is not None else p.gave_up))
             if p.seconds is None:
                 continue
-            size.background_pct = gl.background_pct(s.ghost_background_s)
+            size.background_pct, size.prober_pct = gl.background_pct(s.ghost_background_s)
             for direction in ("forward", "reverse") * s.ghost_rounds:
                 b = gl.burst(n, direction)
                 size.bursts.append(b)
                 gl.say(f"{n} ghosts, {direction} burst: "
                        + (f"all in the kernel after {b.program_s:.2f} s" if b.program_s is not None else b.gave_up)
-                       + f", {b.cpu_ms_per_event:.2f} ms agent CPU per event")
+                       + f", {b.cpu_ms_per_event:.2f} ms agent CPU per event (the prober {b.prober_ms_per_event:.2f})")
                 if b.program_s is None:
                     break  # the agent is stuck: more bursts would only wait as long again
         if found.cpu_missed(CPU_PER_EVENT_TARGET_MS, GROWTH_LIMIT):

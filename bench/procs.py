@@ -109,6 +109,36 @@ def pid_stat(pid: int) -> tuple[int, int] | None:
     return int(fields[11]) + int(fields[12]), rss
 
 
+# The agent's link prober names its thread so (pyweave/agent/prober.py THREAD_NAME, kept in step by
+# hand: the bench does not import the agent).
+PROBER_THREAD = "pyweave-prober"
+
+
+def thread_ticks(pid: int) -> dict[str, int]:
+    """utime + stime in clock ticks per thread name (the kernel's comm; threads of one name summed)
+    of a live process's threads alive now. The CPU of threads that ended counts only in pid_stat."""
+    out: dict[str, int] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended meanwhile
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 1:].split()
+        out[comm] = out.get(comm, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
+def prober_ticks(pid: int) -> int:
+    """CPU ticks of the agent's link prober thread so far (0: it has none, or it is not named)."""
+    return thread_ticks(pid).get(PROBER_THREAD, 0)
+
+
 def status_fields(pid: int, *names: str) -> dict[str, str]:
     """Fields of /proc/<pid>/status (e.g. RssAnon, RssFile, Threads), as text."""
     out = {}
