@@ -92,6 +92,9 @@ class Worker:
                 "wall": a.reconcile_wall,
                 "events": a.watcher.stats.events,
                 "lists": a.watcher.stats.lists,
+                "compactions": a.watcher.stats.compactions,
+                "rewatches": a.watcher.stats.rewatches,
+                "sink_failures": a.watcher.stats.errors.count("sink failed"),
                 "calls": s.counts(),
             }
             for a, s in zip(self.agents, self.stores, strict=True)
@@ -152,6 +155,10 @@ class Worker:
                 "wall": after["wall"] - before["wall"],
                 "events": after["events"] - before["events"],
                 "lists": after["lists"] - before["lists"],
+                # the watcher lists again after a compaction, a failed sink, or every relist_interval
+                "periodic_lists": (after["lists"] - before["lists"]) - (after["compactions"] - before["compactions"])
+                - max(0, after["sink_failures"] - before["sink_failures"]),
+                "rewatches": after["rewatches"] - before["rewatches"],
                 "calls": {k: v for k, v in calls.items() if v},
                 "reached_at": dp.reached_at,
                 "remote": dp.remote_count(self.vni),
