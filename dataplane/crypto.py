@@ -366,39 +366,34 @@ class Peer:
         """Whether a confirmed, unexpired session seals packets to the peer."""
         return self._usable(self._clock()) is not None
 
-    def seal(self, packet: bytes) -> list[bytes]:
-        """Datagrams to send for one packet (see the module docstring): DATA, DATA + INIT, INIT or none."""
+    def seal(self, packet: bytes | memoryview) -> list[bytes]:
+        """Datagrams to send for one packet (see the module docstring): DATA, DATA + INIT, INIT or none.
+        `packet` may be a view of a buffer the caller reuses: it is copied when it has to wait."""
         now = self._clock()
         session = self._current
         if session is not None and now - session.created < self._reject_after and session.counter < REJECT_AFTER_MESSAGES:
-            # the hot path, _seal_with inlined
-            counter = session.counter
-            session.counter = counter + 1
-            header = _DATA_HEADER.pack(TYPE_DATA, session.remote_id, counter)
-            if packet:
-                session.sealed_bytes += len(packet)
-                self.stats.sealed += 1
-            out = [header + session.seal_aead.encrypt(_NONCE_PREFIX + header[5:], packet, header)]
+            out = [self._seal_with(session, packet)]
             if self._rekey_due(session, now):
                 out += self._initiate(now)
             return out
         if len(self._queue) >= self._queue_max:
             self._queue.popleft()
             self.stats.queued_dropped += 1
-        self._queue.append(packet)
+        self._queue.append(bytes(packet))
         return self._initiate(now)
 
-    def receive(self, datagram: bytes) -> tuple[list[bytes], list[bytes]]:
+    def receive(self, datagram: bytes | memoryview) -> tuple[list[bytes], list[bytes]]:
         """(packets to deliver, datagrams to send back) for one datagram from the peer. Never raises
-        for what arrives: a datagram that is not valid is dropped and counted."""
-        kind = datagram[0] if datagram else -1
+        for what arrives: a datagram that is not valid is dropped and counted. A DATA may be a view
+        (it is opened without a copy); handshakes are small and copied."""
+        kind = datagram[0] if len(datagram) else -1
         try:
             if kind == TYPE_DATA:
                 return self._receive_data(datagram)
             if kind == TYPE_INIT:
-                return [], self._receive_init(datagram)
+                return [], self._receive_init(bytes(datagram))
             if kind == TYPE_RESP:
-                return [], self._receive_resp(datagram)
+                return [], self._receive_resp(bytes(datagram))
         except (InvalidTag, CryptoError):
             pass
         self.stats.forged += 1
@@ -469,7 +464,7 @@ class Peer:
         self._queue.clear()
         return out
 
-    def _seal_with(self, session: _Session, packet: bytes) -> bytes:
+    def _seal_with(self, session: _Session, packet: bytes | memoryview) -> bytes:
         counter = session.counter
         session.counter = counter + 1
         header = _DATA_HEADER.pack(TYPE_DATA, session.remote_id, counter)
@@ -561,7 +556,7 @@ class Peer:
 
     # -- data -----------------------------------------------------------------------------------
 
-    def _receive_data(self, datagram: bytes) -> tuple[list[bytes], list[bytes]]:
+    def _receive_data(self, datagram: bytes | memoryview) -> tuple[list[bytes], list[bytes]]:
         if len(datagram) < DATA_OVERHEAD:
             raise CryptoError("short DATA")
         _, local_id, counter = _DATA_HEADER.unpack_from(datagram)
@@ -578,8 +573,8 @@ class Peer:
         if self._expired(session, now) or (session is self._previous and now >= self._previous_until):
             self.stats.too_old += 1
             return [], []
-        header = datagram[: _DATA_HEADER.size]
-        packet = session.open_aead.decrypt(_NONCE_PREFIX + header[5:], datagram[_DATA_HEADER.size :], header)
+        header = bytes(datagram[: _DATA_HEADER.size])
+        packet = session.open_aead.decrypt(_NONCE_PREFIX + header[5:], memoryview(datagram)[_DATA_HEADER.size :], header)
         if counter > session.top:
             ahead = counter - session.top
             session.seen = ((session.seen << ahead) | 1) & _WINDOW_MASK if ahead < REPLAY_WINDOW else 1
