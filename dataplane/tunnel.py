@@ -13,8 +13,9 @@ exit (SIGTERM, SIGINT), and by `cleanup()` (or `--cleanup`) after a crash:
 - the device `pwtun0` (not persistent: it vanishes with the process's file descriptors): a TAP
   device with NOARP and the fixed MAC TAP_MAC when offloads are on (see `open_tun` for why), else
   a TUN device;
-- the nft table `inet pyweave_tunnel` (mark FWMARK on UDP to VXLAN_PORTS and to the link probes'
-  PROBE_PORT, output, type route);
+- the nft table `inet pyweave_tunnel` (output, type route): mark FWMARK on UDP to VXLAN_PORTS and to
+  the link probes' PROBE_PORT when the destination is in the set PEER_SET (the configured peers'
+  addresses, kept in sync at start and on reload), drop the rest to those ports;
 - the rule `fwmark FWMARK lookup ROUTE_TABLE` (priority RULE_PRIORITY) and, in ROUTE_TABLE, the
   route `default dev pwtun0` and a blackhole default with a higher metric: after a crash the TUN
   device is gone, and the marked packets are dropped rather than sent in clear on the underlay;
@@ -92,6 +93,7 @@ SOCKET_BUFFER = 7 * 1024 * 1024  # as wireguard-go
 TICK = 0.1
 STATS_INTERVAL = 1.0
 BATCH = 64  # packets read from one file descriptor per wake-up
+READ_SIZE = 65600  # above the largest super-packet (64 KB + headers)
 REKEY_AFTER = 120.0  # seconds: sessions rotate by time (docs/encryption.md), unless the config says otherwise
 
 # linux/if_tun.h
@@ -243,16 +245,35 @@ def _nft(script: str) -> None:
         raise TunnelError(f"nft failed: {done.stderr.strip()}")
 
 
+PEER_SET = "peers"
+# Only packets to the peers' underlay addresses (the set PEER_SET, kept equal to the config's peers by
+# `sync_peer_set`) are steered into the tunnel. The others to the same ports are dropped, not sent:
+# the agent may program a new host's forwarding entries a moment before the tunnel has reloaded the
+# config that names it, and those packets must not go out in clear (nor wake the tunnel to be
+# dropped as no_peer); the counter shows them (`nft list table inet pyweave_tunnel`).
+_PORTS = f"{{ {VXLAN_PORTS[0]}-{VXLAN_PORTS[1]}, {PROBE_PORT} }}"
 NFT_SCRIPT = f"""\
 table {NFT_FAMILY} {NFT_TABLE} {{}}
 delete table {NFT_FAMILY} {NFT_TABLE}
 table {NFT_FAMILY} {NFT_TABLE} {{
+    set {PEER_SET} {{
+        type ipv4_addr
+    }}
     chain out {{
         type route hook output priority 0; policy accept;
-        udp dport {{ {VXLAN_PORTS[0]}-{VXLAN_PORTS[1]}, {PROBE_PORT} }} meta mark set {FWMARK:#x}
+        ip daddr @{PEER_SET} udp dport {_PORTS} meta mark set {FWMARK:#x} accept
+        udp dport {_PORTS} counter drop comment "not a peer"
     }}
 }}
 """
+
+
+def sync_peer_set(addresses: list[str]) -> None:
+    """Make the nft set PEER_SET hold exactly `addresses` (one transaction: no moment without them)."""
+    script = f"flush set {NFT_FAMILY} {NFT_TABLE} {PEER_SET}\n"
+    if addresses:
+        script += f"add element {NFT_FAMILY} {NFT_TABLE} {PEER_SET} {{ {', '.join(sorted(addresses))} }}\n"
+    _nft(script)
 
 
 def _our_rules(ipr: IPRoute) -> list:
@@ -339,6 +360,8 @@ class Tunnel:
         self.sock: socket.socket | None = None
         self.hdr = 0
         self.segment = 0  # UDP GSO segment size, 0 when off
+        self._rbuf = bytearray(READ_SIZE)  # TUN reads land here (one at a time, sealed from it)
+        self._rview = memoryview(self._rbuf)
         self._chunk_id = 0
         self._pending: dict[tuple[str, int], list] = {}
         self.peers: dict[str, Any] = {}  # address -> crypto.Peer
@@ -388,7 +411,8 @@ class Tunnel:
         self.sock = sock
 
     def _send_chunked(self, sock: socket.socket, message: bytes, sockaddr: tuple[str, int]) -> None:
-        """One message as CHUNKs of the segment size, in as few GSO sends as fit."""
+        """One message as CHUNKs of the segment size, in as few GSO sends as fit. The chunks go to
+        the kernel as one scatter list (header, slice, header, slice...): no joined copy."""
         size = self.segment - CHUNK.size
         count = -(-len(message) // size)
         self._chunk_id = mid = (self._chunk_id + 1) & 0xFFFFFFFF
@@ -401,23 +425,57 @@ class Tunnel:
                 parts.append(pack(CHUNK_TYPE, mid, i, count))
                 parts.append(view[i * size:(i + 1) * size])
             try:
-                sock.sendto(b"".join(parts), sockaddr)
+                sock.sendmsg(parts, (), 0, sockaddr)
             except OSError:
                 self.counters["send_errors"] += 1
 
-    def _chunk(self, source: str, data: bytes) -> bytes | None:
-        """Collect a CHUNK; the whole message once its last chunk is in, else None."""
-        if len(data) <= CHUNK.size:
-            self.counters["malformed"] += 1
-            return None
-        _, mid, index, count = CHUNK.unpack_from(data)
-        key = (source, mid)
+    def _pending_entry(self, key: tuple[str, int], count: int) -> list:
+        """[chunks still missing, parts] of the message `key` (source, message id); a new one evicts
+        the oldest when MAX_PENDING are being reassembled (counted as incomplete)."""
         entry = self._pending.get(key)
         if entry is None:
             if len(self._pending) >= MAX_PENDING:
                 del self._pending[next(iter(self._pending))]
                 self.counters["incomplete"] += 1
             entry = self._pending[key] = [count, [None] * count]
+        return entry
+
+    def _chunk_run(self, source: str, view: memoryview, gso: int) -> tuple[bytes | None, int]:
+        """The common case of a UDP_GRO read: it starts with a run of consecutive chunks of one
+        message (one GSO send, coalesced whole; a 64 KB message takes two sends). Takes the run in one
+        step: (the message if now complete, else None; bytes used, 0 if the read does not start with
+        such a run, for the general path). Only the first and the last header of the run are checked:
+        a message made of foreign chunks does not open (its AEAD tag) and is counted as forged, as a
+        forged chunk is on the general path."""
+        h = CHUNK.size
+        if len(view) <= gso or view[0] != CHUNK_TYPE:
+            return None, 0
+        _, mid, first, count = CHUNK.unpack_from(view)
+        run = min(count - first, -(-len(view) // gso))
+        last = (run - 1) * gso
+        if run < 2 or len(view) <= last + h or CHUNK.unpack_from(view, last) != (CHUNK_TYPE, mid, first + run - 1, count):
+            return None, 0
+        key = (source, mid)
+        entry = self._pending_entry(key, count)
+        parts = entry[1]
+        if count != len(parts) or any(parts[first:first + run]):
+            return None, 0
+        end = min(run * gso, len(view))
+        parts[first:first + run] = [view[start + h:min(start + gso, end)] for start in range(0, end, gso)]
+        entry[0] -= run
+        if entry[0] > 0:
+            return None, end
+        del self._pending[key]
+        return b"".join(parts), end
+
+    def _chunk(self, source: str, data: bytes | memoryview) -> bytes | None:
+        """Collect a CHUNK; the whole message once its last chunk is in, else None."""
+        if len(data) <= CHUNK.size:
+            self.counters["malformed"] += 1
+            return None
+        _, mid, index, count = CHUNK.unpack_from(data)
+        key = (source, mid)
+        entry = self._pending_entry(key, count)
         parts = entry[1]
         if index >= count or count != len(parts) or parts[index] is not None:
             self.counters["malformed"] += 1
@@ -452,6 +510,7 @@ class Tunnel:
             self.peers[address] = self.crypto.Peer(me=cfg.me, name=pc.name, pair_key=key, rekey_after=cfg.rekey_after)
             self._peer_conf[address] = (pc, key)
         self._by_dst = {socket.inet_aton(a): (p, (a, cfg.port)) for a, p in self.peers.items()}
+        sync_peer_set(list(self.peers))
 
     def _retire(self, address: str) -> None:
         peer = self.peers.pop(address)
@@ -495,25 +554,28 @@ class Tunnel:
             except OSError:
                 self.counters["send_errors"] += 1
 
-    def _from_tun(self) -> None:
-        tun, hdr, by_dst = self.tun, self.hdr, self._by_dst
+    def _from_tun(self) -> int:
+        """Seal and send what the TUN device has (up to BATCH packets); the number read. Packets are
+        read into one reused buffer and sealed from it (crypto copies what has to wait)."""
+        tun, by_dst, buf, view = self.tun, self._by_dst, self._rbuf, self._rview
         sock = self.sock
         assert sock is not None
-        offset = hdr + 16
+        offset = self.hdr + 16
         segment = self.segment
-        for _ in range(BATCH):
+        readv = os.readv
+        for n in range(BATCH):
             try:
-                packet = os.read(tun, 65600)
+                size = readv(tun, (buf,))
             except BlockingIOError:
-                return
-            found = by_dst.get(packet[offset:offset + 4])
+                return n
+            found = by_dst.get(bytes(view[offset:offset + 4]))
             if found is None:
-                self.counters["no_peer" if len(packet) >= offset + 4 else "malformed"] += 1
+                self.counters["no_peer" if size >= offset + 4 else "malformed"] += 1
                 if self.counters["no_peer"] <= 5:
-                    log.info("no peer for a packet from the TUN device: %s", packet[:offset + 24].hex())
+                    log.info("no peer for a packet from the TUN device: %s", view[:min(size, offset + 24)].hex())
                 continue
             peer, sockaddr = found
-            for d in peer.seal(packet):
+            for d in peer.seal(view[:size]):
                 if segment and len(d) > segment:
                     self._send_chunked(sock, d, sockaddr)
                     continue
@@ -521,16 +583,18 @@ class Tunnel:
                     sock.sendto(d, sockaddr)
                 except OSError:
                     self.counters["send_errors"] += 1
+        return BATCH
 
-    def _from_socket(self) -> None:
+    def _from_socket(self) -> int:
+        """Open and deliver what the UDP socket has (up to BATCH reads); the number read."""
         peers, sock = self.peers, self.sock
         assert sock is not None
         space = socket.CMSG_SPACE(4)
-        for _ in range(BATCH):
+        for n in range(BATCH):
             try:
-                data, ancillary, _flags, source = sock.recvmsg(65600, space)
+                data, ancillary, _flags, source = sock.recvmsg(READ_SIZE, space)
             except BlockingIOError:
-                return
+                return n
             except OSError:  # e.g. ICMP errors reported on the socket
                 continue
             peer = peers.get(source[0])
@@ -542,17 +606,25 @@ class Tunnel:
                 if level == SOL_UDP and kind == UDP_GRO:
                     gso = int.from_bytes(value[:4], sys.byteorder)
             if gso and len(data) > gso:  # several datagrams, coalesced by UDP GRO
-                for start in range(0, len(data), gso):
-                    self._datagram(peer, source, data[start:start + gso])
+                view = memoryview(data)
+                message, used = self._chunk_run(source[0], view, gso)
+                if message is not None:
+                    self._deliver(peer, source, message)
+                for start in range(used, len(data), gso):
+                    self._datagram(peer, source, view[start:start + gso])
             else:
                 self._datagram(peer, source, data)
+        return BATCH
 
-    def _datagram(self, peer: Any, source: tuple[str, int], datagram: bytes) -> None:
-        if datagram and datagram[0] == CHUNK_TYPE:
+    def _datagram(self, peer: Any, source: tuple[str, int], datagram: bytes | memoryview) -> None:
+        if len(datagram) and datagram[0] == CHUNK_TYPE:
             message = self._chunk(source[0], datagram)
             if message is None:
                 return
             datagram = message
+        self._deliver(peer, source, datagram)
+
+    def _deliver(self, peer: Any, source: tuple[str, int], datagram: bytes | memoryview) -> None:
         packets, replies = peer.receive(datagram)
         for p in packets:
             try:
@@ -594,21 +666,34 @@ class Tunnel:
         self._last_stats = text
 
     def run(self) -> None:
+        """The loop: epoll on the TUN device and the socket (at most TICK, for the timers), then
+        drain both. No busy polling: on the shared 2-core machine it made RTT and throughput worse
+        (docs/encryption.md "Speed")."""
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         next_tick = next_stats = time.monotonic()
+        poller = select.epoll()
+        polled: socket.socket | None = None
+        polled_fd = -1
         try:
+            poller.register(self.tun, select.EPOLLIN)
             while not self._stop:
                 assert self.sock is not None
-                sfd = self.sock.fileno()
+                if self.sock is not polled:  # first pass, or a reload opened a new socket
+                    if polled is not None:
+                        try:  # closing the old one may have removed it already (its fd may be reused)
+                            poller.unregister(polled_fd)
+                        except OSError:
+                            pass
+                    polled, polled_fd = self.sock, self.sock.fileno()
+                    poller.register(polled_fd, select.EPOLLIN)
                 try:
-                    ready, _, _ = select.select([self.tun, sfd], [], [], TICK)
+                    events = poller.poll(TICK)
                 except InterruptedError:
-                    ready = []
-                if self.tun in ready:
+                    events = []
+                if events:
                     self._from_tun()
-                if sfd in ready:
                     self._from_socket()
                 if self._reload:
                     self._reload = False
@@ -624,6 +709,7 @@ class Tunnel:
                     except OSError as err:
                         log.warning("cannot write stats: %s", err)
         finally:
+            poller.close()
             try:
                 self.write_stats()
             except OSError:
