@@ -29,7 +29,7 @@ from bench.report import SectionResult, Table
 from bench.stats import fmt, median, percentile, ratio
 from pyweave.agent.tunnel import tunnel_pid
 from pyweave.host import HostState
-from pyweave_lab import Lab, ensure_test_image
+from pyweave_lab import Lab, LabHost
 
 SECRET = "pyweave bench secret"
 SUBNET = "10.41.0"
@@ -70,27 +70,18 @@ class ModeLab(LabSession):
 
     def __init__(self, key: str, password: str | None, say) -> None:
         super().__init__(2, say)
+        self.label = f"{key}: "
         self.key = key
         self.password = password
         self.a = self.b = ""
 
-    def up(self) -> Lab:
-        if self.lab is not None:
-            return self.lab
-        ensure_test_image()
-        lab = Lab(self.size)
-        self.lab = lab
-        self.say(f"{self.key}: building a lab of {self.size} hosts (prefix {lab.prefix})")
-        lab.up()
-        secret = ["--password", self.password] if self.password else []
-        for i, host in enumerate(lab.hosts):
-            args = ["launch", "--store-members", "1"] if i == 0 else ["launch", lab.hosts[0].address]
-            r = lab.pyweave(host, *args, *secret)
-            if r.returncode != 0:
-                raise BenchError(f"pyweave launch on {host.name} failed: {r.stderr.strip()}")
+    def _launch_args(self, index: int, first: LabHost) -> list[str]:
+        args = ["launch", "--store-members", "1"] if index == 0 else ["launch", first.address]
+        return args + (["--password", self.password] if self.password else [])
+
+    def _launched(self, lab: Lab) -> None:
         self.a = self.run_container(0, f"{ADDR_A}/24", "sleep", "3600")
         self.b = self.run_container(1, f"{ADDR_B}/24", "sleep", "3600")
-        return lab
 
     def path(self) -> DPath:
         return DPath(self.key, f"{self.key}, B -> A", self.in_container(self.a), self.in_container(self.b), ADDR_A)

@@ -35,26 +35,35 @@ class LabSession:
         self.launch_rss_kb: dict[int, int] = {}  # each agent's VmRSS right after launch
 
     # -- lifecycle -----------------------------------------------------------------------------
+    label = ""  # what a subclass calls its lab in the progress lines ("plain: ")
+
+    def _launch_args(self, index: int, first: LabHost) -> list[str]:
+        """The `pyweave` arguments that launch host `index`: h1 serves the store, the others join it."""
+        return ["launch"] if index == 0 else ["launch", first.address]
+
+    def _launched(self, lab: Lab) -> None:
+        """Called once pyweave runs on every host (a subclass starts its containers here)."""
+
     def up(self) -> Lab:
         if self.lab is not None:
             return self.lab
         ensure_test_image()
         lab = Lab(self.size)
         self.lab = lab
-        self.say(f"building a lab of {self.size} hosts (prefix {lab.prefix})")
+        self.say(f"{self.label}building a lab of {self.size} hosts (prefix {lab.prefix})")
         lab.up()
         first = lab.hosts[0]
         for i, host in enumerate(lab.hosts):
-            args = ["launch"] if i == 0 else ["launch", first.address]
-            r = lab.pyweave(host, *args)
+            r = lab.pyweave(host, *self._launch_args(i, first))
             if r.returncode != 0:
                 raise BenchError(f"pyweave launch on {host.name} failed: {r.stderr.strip()}")
-        self.say(f"pyweave launched on {', '.join(h.name for h in lab.hosts)}")
+        self.say(f"{self.label}pyweave launched on {', '.join(h.name for h in lab.hosts)}")
         for i in range(len(lab.hosts)):
             pid = lab.agent_pid(i)
             got = pid_stat(pid) if pid else None
             if got:
                 self.launch_rss_kb[i] = got[1]
+        self._launched(lab)
         return lab
 
     def close(self) -> None:

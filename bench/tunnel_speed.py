@@ -11,6 +11,8 @@ addresses, for each path:
                 each (IP-fragmented on the underlay)
     udp_gso     + the sealed super-packet sent as MTU-sized chunks in one UDP GSO send, coalesced
                 again by UDP_GRO (the tunnel's default)
+    baseline    udp_gso with the tunnel of another checkout (`--baseline PATH`, e.g. a `git worktree`
+                of an older commit), interleaved with the others: the same run compares two versions
 
 Each round builds a fresh lab per step, steps interleaved, and the table shows medians over the
 rounds (the machine is shared: a slow moment should not land on one step only). `--nice N` runs
@@ -58,8 +60,9 @@ def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 
 
 class Lab:
-    def __init__(self, tunnel: dict | None, workdir: Path, nice: int = 0) -> None:
+    def __init__(self, tunnel: dict | None, workdir: Path, nice: int = 0, repo: Path = REPO) -> None:
         self.nice = nice
+        self.repo = repo
         self.prefix = f"pwts{secrets.token_hex(2)}"
         self.tunnel = tunnel
         self.workdir = workdir
@@ -124,9 +127,10 @@ class Lab:
             log = open(d / "tunnel.log", "w")
             self.procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", self.hosts[i - 1], sys.executable, "-m", "dataplane.tunnel",
-                 "--config", str(d / "tunnel.json")], stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+                 "--config", str(d / "tunnel.json")], stdout=log, stderr=subprocess.STDOUT, cwd=self.repo))
             if self.nice:
                 os.setpriority(os.PRIO_PROCESS, self.procs[-1].pid, self.nice)
+
             deadline = time.monotonic() + 60
             while not stats.exists():
                 if time.monotonic() > deadline or self.procs[-1].poll() is not None:
@@ -169,31 +173,86 @@ class Lab:
             server.kill()
             server.wait()
 
-    def rtt(self, count: int) -> float:
+    def rtt(self, count: int, interval: float = 0.01) -> float:
         """Median ping RTT in ms, h1 -> h2."""
         h1, _ = self.hosts
-        out = sh("ip", "netns", "exec", h1, "busybox", "ping", "-c", str(count), "-i", "0.2", "10.9.0.2", check=False).stdout
+        out = sh("ip", "netns", "exec", h1, "busybox", "ping", "-c", str(count), "-i", str(interval), "10.9.0.2",
+                 check=False).stdout
         times = sorted(float(t) for t in RTT_RE.findall(out))
         if not times:
             raise RuntimeError(f"no ping replies: {out}")
         return times[len(times) // 2]
 
 
+ECHO_SERVER = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("198.19.0.2", 7))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+ECHO_CLIENT = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("198.19.0.2", 7))
+times = []
+for _ in range(int(sys.argv[1])):
+    t0 = time.perf_counter()
+    s.send(b"x" * 64)
+    s.recv(2048)
+    times.append(time.perf_counter() - t0)
+    time.sleep(float(sys.argv[2]))
+times.sort()
+print(times[len(times) // 2] * 1000)
+"""
+
+
+def floor(count: int, interval: float) -> dict[str, float]:
+    """What a Python process in the path costs at the least, on the underlay of a plain lab: the
+    median RTT of busybox ping h1 -> h2 (kernel echo: one process wake-up, ping's own) and of a
+    trivial Python UDP echo (the echo server's wake-up, recvfrom and sendto added; no crypto, no TUN)."""
+    with tempfile.TemporaryDirectory() as tmp, Lab(None, Path(tmp)) as lab:
+        h1, h2 = lab.hosts
+        server = subprocess.Popen(["ip", "netns", "exec", h2, sys.executable, "-c", ECHO_SERVER],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            out = sh("ip", "netns", "exec", h1, "busybox", "ping", "-c", str(count), "-i", str(interval),
+                     "198.19.0.2").stdout
+            times = sorted(float(t) for t in RTT_RE.findall(out))
+            echo = float(sh("ip", "netns", "exec", h1, sys.executable, "-c", ECHO_CLIENT, str(count), str(interval)).stdout)
+        finally:
+            server.kill()
+            server.wait()
+    return {"kernel_ping_ms": times[len(times) // 2], "python_udp_echo_ms": echo}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"a subset of {','.join(STEPS)}")
-    parser.add_argument("--pings", type=int, default=20)
+    parser.add_argument("--pings", type=int, default=100)
+    parser.add_argument("--ping-interval", type=float, default=0.01, help="seconds (as the bench section's)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--nice", type=int, default=0, help="nice value of the tunnel processes")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--baseline", type=Path, help="a checkout whose tunnel runs as the step 'baseline'")
+    parser.add_argument("--floor", action="store_true", help="only measure the per-wake-up floor (see floor())")
     args = parser.parse_args(argv)
+    if args.floor:
+        figures = floor(args.pings, args.ping_interval)
+        print(f"underlay RTT p50: kernel ping {figures['kernel_ping_ms']:.3f} ms, "
+              f"Python UDP echo {figures['python_udp_echo_ms']:.3f} ms")
+        return 0
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for step in args.steps.split(","):
-            with tempfile.TemporaryDirectory() as tmp, Lab(STEPS[step], Path(tmp), args.nice) as lab:
+            tunnel, repo = (STEPS["udp_gso"], args.baseline) if step == "baseline" else (STEPS[step], REPO)
+            with tempfile.TemporaryDirectory() as tmp, Lab(tunnel, Path(tmp), args.nice, repo) as lab:
                 lab.rtt(3)  # warm up: handshakes, ARP
-                rtt = lab.rtt(args.pings)
+                rtt = lab.rtt(args.pings, args.ping_interval)
                 g1, c1 = lab.iperf(1, args.seconds)
                 g4, c4 = lab.iperf(4, args.seconds)
                 runs.setdefault(step, []).append({"gbit_1": g1, "gbit_4": g4, "rtt_ms": rtt, "cpu_1": c1, "cpu_4": c4})
