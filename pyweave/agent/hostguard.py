@@ -32,9 +32,8 @@ class HostRouteGuard:
 
     def __call__(self, subnet: ipaddress.IPv4Network) -> str | None:
         """The first overlap described for people ("the route 198.18.0.0/24 dev eth0 of this host"), or None."""
-        net = ipaddress.IPv4Network(subnet)
-        if net not in self._known:
+        if subnet not in self._known:
             self.reads += 1
-            found = self._overlaps(net)
-            self._known[net] = found[0].describe() if found else None
-        return self._known[net]
+            found = self._overlaps(subnet)
+            self._known[subnet] = found[0].describe() if found else None
+        return self._known[subnet]
