@@ -251,6 +251,9 @@ PEER_SET = "peers"
 # the agent may program a new host's forwarding entries a moment before the tunnel has reloaded the
 # config that names it, and those packets must not go out in clear (nor wake the tunnel to be
 # dropped as no_peer); the counter shows them (`nft list table inet pyweave_tunnel`).
+# Inbound, the kernel's VXLAN devices still listen on those ports: a frame sent to them in clear from
+# the underlay (by anyone, without the secret) would reach the containers past the tunnel. Only what
+# the tunnel opened and wrote into its device may reach them; the rest is dropped and counted.
 _PORTS = f"{{ {VXLAN_PORTS[0]}-{VXLAN_PORTS[1]}, {PROBE_PORT} }}"
 NFT_SCRIPT = f"""\
 table {NFT_FAMILY} {NFT_TABLE} {{}}
@@ -263,6 +266,10 @@ table {NFT_FAMILY} {NFT_TABLE} {{
         type route hook output priority 0; policy accept;
         ip daddr @{PEER_SET} udp dport {_PORTS} meta mark set {FWMARK:#x} accept
         udp dport {_PORTS} counter drop comment "not a peer"
+    }}
+    chain in {{
+        type filter hook input priority 0; policy accept;
+        udp dport {_PORTS} iifname != "{TUN_NAME}" counter drop comment "not from the tunnel"
     }}
 }}
 """
@@ -668,7 +675,8 @@ class Tunnel:
     def run(self) -> None:
         """The loop: epoll on the TUN device and the socket (at most TICK, for the timers), then
         drain both. No busy polling: on the shared 2-core machine it made RTT and throughput worse
-        (docs/encryption.md "Speed")."""
+        (docs/encryption.md "Speed"). Signals wake the epoll through a socket pair (set_wakeup_fd), so
+        a SIGHUP reload (a new peer in the nft set) is applied at once, not at the next TICK."""
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
@@ -676,8 +684,13 @@ class Tunnel:
         poller = select.epoll()
         polled: socket.socket | None = None
         polled_fd = -1
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         try:
             poller.register(self.tun, select.EPOLLIN)
+            poller.register(wake_r.fileno(), select.EPOLLIN)
             while not self._stop:
                 assert self.sock is not None
                 if self.sock is not polled:  # first pass, or a reload opened a new socket
@@ -695,6 +708,11 @@ class Tunnel:
                 if events:
                     self._from_tun()
                     self._from_socket()
+                    try:
+                        while wake_r.recv(64):  # a signal's byte: its handler already ran
+                            pass
+                    except BlockingIOError:
+                        pass
                 if self._reload:
                     self._reload = False
                     self.reload()
@@ -709,7 +727,10 @@ class Tunnel:
                     except OSError as err:
                         log.warning("cannot write stats: %s", err)
         finally:
+            signal.set_wakeup_fd(old_wakeup)
             poller.close()
+            wake_r.close()
+            wake_w.close()
             try:
                 self.write_stats()
             except OSError:
