@@ -21,6 +21,7 @@ from labtools import (
     capture,
     docker,
     kill_and_relaunch_agent,
+    mac_of,
     ping,
     ping_stream,
     pings_lost,
@@ -221,6 +222,68 @@ def test_forged_packets_never_reach_a_container_and_are_counted(encrypted_lab):
     scraped = lab.exec(1, sys.executable, "-c", SCRAPE, check=True).stdout
     line = next(m for m in scraped.splitlines() if m.startswith('pyweave_tunnel_dropped_total{kind="forged"}'))
     assert float(line.split()[-1]) >= got["forged"], line
+
+
+INJECTOR = """
+import socket, struct, sys
+target, vni, mac, ip, count = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3].replace(":", "")), sys.argv[4], int(sys.argv[5])
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b)); s = (s >> 16) + (s & 0xFFFF); return ~(s + (s >> 16)) & 0xFFFF
+src = ip.rsplit(".", 1)[0] + ".99"
+udp = struct.pack("!HHHH", 5555, 9999, 8 + 16, 0) + b"INJECTED-IN-CLEAR"[:16]
+hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(ip))
+hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
+frame = mac + bytes.fromhex("0200000000990800") + hdr + udp
+vxlan = struct.pack("!II", 0x08000000, vni << 8) + frame
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(count):
+    for port in range(4789, 4793):
+        s.sendto(vxlan, (target, port))
+"""
+
+
+def vxlan_drops(lab: Lab, host: int) -> int:
+    """Packets the tunnel's nft table dropped as clear VXLAN or probes from the underlay."""
+    out = lab.exec(host, "nft", "list", "table", "inet", "pyweave_tunnel").stdout
+    line = next((ln for ln in out.splitlines() if "not from the tunnel" in ln), "")
+    return int(line.split("packets")[1].split()[0]) if "packets" in line else -1
+
+
+def test_clear_vxlan_from_the_underlay_never_reaches_a_container(encrypted_lab):
+    """The kernel's VXLAN devices of an encrypted host still listen on UDP 4789: a frame sent to
+    them in clear from the underlay (by a machine without the secret) would bypass the tunnel.
+    Only what the tunnel opened (arriving on pwtun0) may reach them."""
+    lab = encrypted_lab
+    a = run_container(lab, 0, "10.9.4.1/24", "busybox", "sleep", "3600")
+    b = run_container(lab, 1, "10.9.4.2/24", "busybox", "sleep", "3600")
+    assert ping(a, "10.9.4.2")
+    mac = mac_of(b)  # and its network's VNI, from the forwarding entry host 1 has for it
+    vni = next(int(line.split(" dev pwx-")[1].split()[0]) for line in lab.exec(0, "bridge", "fdb", "show").stdout.splitlines()
+               if line.startswith(mac) and " dev pwx-" in line)
+    drops = vxlan_drops(lab, 1)
+    assert drops >= 0, "the tunnel's table counts clear VXLAN from the underlay"
+    # A capture on the container's ethwe (in its network namespace) for UDP 9999: first the injected
+    # datagrams are sent, then one through the tunnel, which must be all it shows.
+    pids = {c: docker("inspect", "-f", "{{.State.Pid}}", c, check=True).stdout.strip() for c in (a, b)}
+    tap = subprocess.Popen(["nsenter", "-t", pids[b], "-n", "tcpdump", "-i", "ethwe", "-nn", "-l", "-A", "udp port 9999"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in tap.stderr:  # tcpdump says when its capture is open
+            if "listening on" in line:
+                break
+        assert tap.poll() is None, "tcpdump could not capture in the container's namespace"
+        stranger = lab.add_extra("injector", 11)
+        lab.exec(stranger, sys.executable, "-c", INJECTOR, lab.hosts[1].address, str(vni), mac, "10.9.4.2", "5",
+                 check=True)
+        wait_for(lambda: vxlan_drops(lab, 1) >= drops + 20, timeout=10, message="the injected frames dropped and counted")
+        send = "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'THROUGH-THE-TUNNEL', ('10.9.4.2', 9999))"
+        subprocess.run(["nsenter", "-t", pids[a], "-n", sys.executable, "-c", send], check=True)
+    finally:
+        time.sleep(1)  # tcpdump prints the last packets
+        tap.terminate()
+    got = tap.communicate(timeout=10)[0]
+    assert "INJECTED" not in got, "a frame sent in clear VXLAN from the underlay reached the container"
+    assert "THROUGH-THE-TUNNEL" in got, f"the capture works: {got!r}"
 
 
 @pytest.fixture(scope="module")
