@@ -34,6 +34,7 @@ from dnslib import PTR, QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger
 
 from pyweave.dnsnames import DEFAULT_DOMAIN, SERVICE_ADDRESS, names_of, normalise_domain
+from pyweave.serving import Quiet
 
 log = logging.getLogger(__name__)
 
@@ -308,11 +309,11 @@ class _PooledServer(socketserver.BaseServer):
             self.shutdown_request(request)
 
 
-class _UdpServer(_PooledServer, socketserver.UDPServer):
+class _UdpServer(Quiet, _PooledServer, socketserver.UDPServer):
     allow_reuse_address = True
 
 
-class _TcpServer(_PooledServer, socketserver.TCPServer):
+class _TcpServer(Quiet, _PooledServer, socketserver.TCPServer):
     allow_reuse_address = True
 
 
@@ -360,14 +361,14 @@ class DnsService:
 
     def start(self) -> None:
         for server in self.servers:
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+            thread = threading.Thread(target=server.serve_forever,
                                       name=f"dns-{type(server).__name__.strip('_').lower()}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
-        # Both serving loops are told at once (each notices within its poll interval), then the
-        # sockets are closed: the agent's stop waits for neither longer than it must.
+        # Both serving loops are told at once (each wakes on its pipe), then the sockets are
+        # closed: the agent's stop waits for neither longer than it must.
         stopping = [threading.Thread(target=server.shutdown, daemon=True) for server in self.servers if self._threads]
         for thread in stopping:
             thread.start()

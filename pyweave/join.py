@@ -28,6 +28,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pyweave.serving import Quiet
+
 log = logging.getLogger("pyweave.join")
 
 JOIN_PORT = 6785
@@ -39,7 +41,7 @@ ENROL_PREFIX = "/pyweave/v1/enrol/"
 MAX_BODY = 65536
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(Quiet, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     info: Callable[[], dict]

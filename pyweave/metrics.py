@@ -9,10 +9,15 @@ share a process in the control-plane benchmark).
 from __future__ import annotations
 
 import logging
+import threading
+from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import MetricsHandler
+
+from pyweave.serving import Quiet
 
 if TYPE_CHECKING:
     from pyweave.agent.stats import AgentStats
@@ -102,13 +107,20 @@ def tunnel_metrics(data: dict):
     yield established
 
 
+class _Server(Quiet, ThreadingHTTPServer):
+    """prometheus_client's start_http_server, without its loop's wake-up every 0.5 s (pyweave.serving)."""
+
+    daemon_threads = True
+
+
 def serve(stats: AgentStats, watcher: StoreWatcher, *, address: str, port: int = DEFAULT_PORT) -> CollectorRegistry | None:
     registry = CollectorRegistry()
     registry.register(AgentCollector(stats, watcher))
     try:
-        start_http_server(port, addr=address, registry=registry)
+        server = _Server((address, port), MetricsHandler.factory(registry))
     except OSError as err:
         log.error("metrics not served on %s:%d: %s", address, port, err)
         return None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", address, port)
     return registry
