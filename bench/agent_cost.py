@@ -17,7 +17,16 @@ from pathlib import Path
 from bench import profiles
 from bench.context import BenchContext
 from bench.labsession import PAIR_SUBNET, BenchError
-from bench.procs import CLOCK_TICKS, PROBER_THREAD, pid_stat, prober_ticks, status_fields, thread_ticks, vm_hwm_kb
+from bench.procs import (
+    CLOCK_TICKS,
+    PROBE_INTERVAL_S,
+    PROBER_THREAD,
+    pid_stat,
+    prober_ticks,
+    status_fields,
+    thread_ticks,
+    vm_hwm_kb,
+)
 from bench.report import SectionResult, Table
 from bench.stats import fmt
 
@@ -188,7 +197,7 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
     if idle_cpu > IDLE_CPU_TARGET:
         res.limits.append(
             f"The idle agent used {idle_cpu:.2f} % of a core, of which its link prober's thread {idle_prober:.2f} % "
-            f"(10 probes a second to each of the {len(lab.hosts) - 1} other hosts, and their pongs and pings). The "
+            f"(a hello every {PROBE_INTERVAL_S} s to each of the {len(lab.hosts) - 1} other hosts, and theirs). The "
             "py-spy profile in section 5 shows where the rest goes: the periodic full resync (every "
             "`resync_interval`), the store membership check and the lease keep-alive."
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from bench import plots, profiles
 from bench.context import BenchContext
 from bench.fanout import FanoutRun
+from bench.procs import PROBE_INTERVAL_S, PROBE_MAX_RATE
 from bench.report import SectionResult, Table
 from bench.stats import fmt, median
 from pyweave.host import HostConfig
@@ -291,8 +292,8 @@ def _notes(res: SectionResult, found: Findings) -> None:
         rates = ", ".join(f"{z.prober_pct:.1f} % at {z.hosts} hosts" for z in idle)
         per = ", ".join(f"{median(b.prober_ms_per_event for b in z.bursts):.2f} ms at {z.hosts}" for z in idle)
         res.notes.append(
-            "The link prober (`pyweave/agent/prober.py`, its own thread) is counted apart: it probes every alive host "
-            "10 times a second, at most 200 probes a second in all (so every few seconds each, with thousands of "
+            "The link prober (`pyweave/agent/prober.py`, its own thread) is counted apart: it sends every alive host "
+            f"a hello every {PROBE_INTERVAL_S} s, at most {PROBE_MAX_RATE:.0f} a second in all (so every few seconds each, with thousands of "
             "hosts), whether endpoints change or not, so its CPU is a cost per host and per second, not per event. "
             f"Its thread used {rates} of a core with no event, and over the bursts' windows {per} per event (median). "
             "The ghost hosts never answer (their addresses are not routed), so here it only sends. The per-event "

@@ -17,12 +17,15 @@ which runs no fork handlers. The hook remains only as a fallback when setpriv is
 from __future__ import annotations
 
 import ctypes
+import inspect
 import os
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Sequence
+
+from pyweave.agent import prober
 
 _PR_SET_PDEATHSIG = 1
 
@@ -109,9 +112,12 @@ def pid_stat(pid: int) -> tuple[int, int] | None:
     return int(fields[11]) + int(fields[12]), rss
 
 
-# The agent's link prober names its thread so (pyweave/agent/prober.py THREAD_NAME, kept in step by
-# hand: the bench does not import the agent).
-PROBER_THREAD = "pyweave-prober"
+# The agent's link prober: the name of its thread, and its timers (the texts of the report quote them).
+PROBER_THREAD = prober.THREAD_NAME
+_PROBER_ARGS = inspect.signature(prober.Prober).parameters
+PROBE_INTERVAL_S: float = _PROBER_ARGS["interval"].default
+PROBE_DOWN_AFTER_S: float = _PROBER_ARGS["down_after"].default
+PROBE_MAX_RATE: float = _PROBER_ARGS["max_rate"].default
 
 
 def thread_ticks(pid: int) -> dict[str, int]:

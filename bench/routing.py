@@ -43,6 +43,7 @@ from bench.datapath import RTT_RE, _iperf
 from bench.datapath import Path as DPath
 from bench.helper import Helper
 from bench.labsession import BenchError, LabSession
+from bench.procs import PROBE_DOWN_AFTER_S as DOWN_AFTER_S
 from bench.report import SectionResult, Table
 from bench.stats import fmt, median, percentile, ratio
 from pyweave.agent.router import TRANSIT_GRACE
@@ -548,7 +549,7 @@ def run(ctx: BenchContext) -> SectionResult:
     finally:
         rl.close()
     if flaps:
-        res.notes.append("During the measurements, links that were never cut went down anyway (a prober missed pongs for `down_after`, 0.5 s; "
+        res.notes.append(f"During the measurements, links that were never cut went down anyway (a prober heard no echo for `down_after`, {DOWN_AFTER_S} s; "
                          "each such flap can make hosts relay or keep transit devices): "
                          + ", ".join(f"{k} {n}x" for k, n in sorted(flaps.items())) + ".")
     res.notes.append("The machine's 1-minute load average (2 CPUs, shared with whatever else runs): "
@@ -685,7 +686,7 @@ def _report_reroute(ctx: BenchContext, res: SectionResult, cuts: list[Cut], sz: 
             f"(medians, from the agents' logs): the link seen down {fmt(down, 3)} s after the cut (slowest "
             f"{fmt(max(downs) if downs else None, 3)} s), the route changed on both ends {fmt(routed, 3)} s after it, "
             f"the first reply {fmt(median(rer), 3)} s after it. The prober declares a link down after `down_after` = "
-            "0.5 s without a pong, so a link seen down much later than 0.5 s means the agent's prober thread did "
+            f"{DOWN_AFTER_S} s without an echo of its hellos, so a link seen down much later than {DOWN_AFTER_S} s means the agent's prober thread did "
             "not run in time (CPU starvation), not that the design is slower; after that come publishing the link "
             "record, the watch, the route computation and the FDB programming (and, cold, the relay's transit "
             "devices). Slowest cuts: "

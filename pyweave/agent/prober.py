@@ -1,25 +1,35 @@
 """The link prober (docs/routing.md, section 1): measures the underlay link to every peer.
 
 One UDP socket bound to this host's underlay address, port 6784 (weave's data port): the same path
-the VXLAN tunnels take. Every `interval` each peer gets one ping; the peer's prober answers with a
-pong echoing seq and sent_ns, so the RTT is measured on the sender's clock alone. A link is **up**
-after 2 pongs in a row (consecutive sequence numbers) and **down** when no pong came for
-`down_after`; a link never answered is down.
+the VXLAN tunnels take. Every `interval` each peer gets one **hello**; a hello also echoes the last
+hello heard from that peer (its seq and sent_ns, and how long it was held before this one went out),
+the way BFD's control packets carry the other side's state. So one packet each way per interval
+measures both directions: an echo of one of this host's hellos proves a round trip (RTT = now -
+echoed sent_ns - held time, the peer's clock used only for a duration); no echo with news for
+`down_after` takes the link down, whichever direction broke. A link is **up** after 2 echoes of
+consecutive sequence numbers; a link never answered is down. A hello from a host whose link is not
+(yet) up asks for an answer at once (flag ANSWER), which is a hello that asks nothing itself: a
+link comes up within an interval or two, and two hosts never answer each other in a loop.
+
+Against a ping answered by a pong from both sides (4 packets a peer a interval: 2 sent, 2 received,
+each a system call and a Python wake-up), a hello is 2; with the longer interval (0.2 s, down after
+0.6 s: re-routing still within a second) the prober costs a quarter of what it did.
 
 The agent runs `Prober.run` in a thread, feeds it the alive hosts (`set_peers`) and, when told by
 `on_change()`, reads `snapshot()` and writes its links record if `publish_due` says so.
 
-Cost: a wake-up costs what is due, never a walk over every peer. The pings wait in a heap by due
+Cost: a wake-up costs what is due, never a walk over every peer. The hellos wait in a heap by due
 time and the up links in a heap by the time they would go down (a link's deadline only moves later,
-so an entry is checked when it comes up and pushed back if a pong came meanwhile). The thread sleeps
-in one poll() until the next due time, a packet, or a wake from `set_peers`/`close`; pings due
+so an entry is checked when it comes up and pushed back if news came meanwhile). The thread sleeps
+in one poll() until the next due time, a packet, or a wake from `set_peers`/`close`; hellos due
 within MIN_WAIT go out together, so a few peers cost one wake-up per interval for the sends, and
 thousands of peers (say, hosts that never answer) cost about max_rate sends a second and nothing
 more. `snapshot()` is rebuilt only after a change.
 
 Wire format (network byte order):
 
-    magic b"PWP1" | kind u8 (1 = ping, 2 = pong) | seq u32 | sent_ns u64 | sender name (utf-8, rest)
+    magic b"PWP2" | flags u8 (1 = ANSWER: answer now; 2 = ECHO: the echo fields are set)
+    | seq u32 | sent_ns u64 | echo_seq u32 | echo_sent_ns u64 | held_us u32 | sender name (utf-8, rest)
 """
 
 from __future__ import annotations
@@ -42,10 +52,11 @@ from pyweave.routes import LinkView
 log = logging.getLogger("pyweave.agent")
 
 PROBE_PORT = 6784
-MAGIC = b"PWP1"
-PING, PONG = 1, 2
-HEADER = struct.Struct("!4sBIQ")  # magic, kind, seq, sent_ns
+MAGIC = b"PWP2"
+ANSWER, ECHO = 1, 2  # flags: answer this hello at once; the echo fields carry the last hello heard
+HEADER = struct.Struct("!4sBIQIQI")  # magic, flags, seq, sent_ns, echo_seq, echo_sent_ns, held_us
 MAX_NAME = 255  # bytes of a sender name accepted
+MAX_HELD_US = 0xFFFFFFFF
 
 # The publishing rule (docs/routing.md): an RTT change is worth a write when it moved by more than
 # half AND by at least 1 ms, at most every RTT_WRITE_INTERVAL seconds; up/down changes at once.
@@ -53,34 +64,56 @@ RTT_CHANGE_RATIO = 0.5
 RTT_CHANGE_MIN_MS = 1.0
 RTT_WRITE_INTERVAL = 5.0
 RTT_SMOOTHING = 0.3  # weight of a new sample in the smoothed RTT (EWMA)
-SEQ_WINDOW = 1024  # a pong must echo one of the last SEQ_WINDOW pings sent to that peer
+SEQ_WINDOW = 1024  # an echo must name one of the last SEQ_WINDOW hellos sent to that peer
 MAX_WAIT = 0.5  # longest sleep: how fast run() notices the agent's `stop` (close() wakes it at once)
-MIN_WAIT = 0.02  # pings due this soon go out with the round being sent (one wake-up for many peers)
+MIN_WAIT = 0.02  # hellos due this soon go out with the round being sent (one wake-up for many peers)
 THREAD_NAME = "pyweave-prober"  # the kernel's name of the thread (/proc/<pid>/task/<tid>/comm)
-# A peer's kernel that answers a ping with ICMP "port unreachable" is reachable: its agent is down
+# A peer's kernel that answers a hello with ICMP "port unreachable" is reachable: its agent is down
 # (restarting), not the link. The kernel rate-limits those replies (a burst of 6, then 1 a second by
-# default: net.ipv4.icmp_ratelimit), so such an answer keeps the link up for longer than a pong does.
+# default: net.ipv4.icmp_ratelimit), so such an answer keeps the link up for longer than an echo does.
 KERNEL_ANSWER_GRACE = 1.5
 SO_EE_ORIGIN_ICMP = 2
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h (the socket module has it from 3.12 on)
 
 
-def encode(kind: int, seq: int, sent_ns: int, sender: str) -> bytes:
-    return HEADER.pack(MAGIC, kind, seq & 0xFFFFFFFF, sent_ns & 0xFFFFFFFFFFFFFFFF) + sender.encode()
+@dataclass(frozen=True)
+class Hello:
+    flags: int
+    seq: int
+    sent_ns: int
+    sender: str
+    echo_seq: int = 0
+    echo_sent_ns: int = 0
+    held_us: int = 0
+
+    @property
+    def echo(self) -> bool:
+        return bool(self.flags & ECHO)
+
+    @property
+    def answer(self) -> bool:
+        return bool(self.flags & ANSWER)
 
 
-def decode(data: bytes) -> tuple[int, int, int, str] | None:
-    """(kind, seq, sent_ns, sender), or None for anything that is not a well-formed probe."""
+def encode(hello: Hello) -> bytes:
+    return HEADER.pack(
+        MAGIC, hello.flags & 0xFF, hello.seq & 0xFFFFFFFF, hello.sent_ns & 0xFFFFFFFFFFFFFFFF,
+        hello.echo_seq & 0xFFFFFFFF, hello.echo_sent_ns & 0xFFFFFFFFFFFFFFFF, min(max(hello.held_us, 0), MAX_HELD_US),
+    ) + hello.sender.encode()
+
+
+def decode(data: bytes) -> Hello | None:
+    """The hello, or None for anything that is not a well-formed one."""
     if len(data) <= HEADER.size or len(data) > HEADER.size + MAX_NAME:
         return None
-    magic, kind, seq, sent_ns = HEADER.unpack_from(data)
-    if magic != MAGIC or kind not in (PING, PONG):
+    magic, flags, seq, sent_ns, echo_seq, echo_sent_ns, held_us = HEADER.unpack_from(data)
+    if magic != MAGIC or flags & ~(ANSWER | ECHO):
         return None
     try:
         sender = data[HEADER.size:].decode()
     except UnicodeDecodeError:
         return None
-    return kind, seq, sent_ns, sender
+    return Hello(flags, seq, sent_ns, sender, echo_seq, echo_sent_ns, held_us)
 
 
 def rtt_moved(old: float | None, new: float | None) -> bool:
@@ -112,12 +145,13 @@ def publish_due(
 class ProbeStats:
     """What the prober counts (for metrics and tests)."""
 
-    pings_sent: int = 0
-    pongs_sent: int = 0
-    pongs_received: int = 0
+    hellos_sent: int = 0  # on schedule and answers
+    answers_sent: int = 0  # hellos sent at once because the peer asked (ANSWER)
+    hellos_received: int = 0  # from known peers
+    echoes: int = 0  # echoes with news: one of this host's hellos came back
     send_errors: int = 0
-    malformed: int = 0  # not a probe, a bad kind or name, a pong for a ping never sent
-    unknown: int = 0  # a well-formed probe from a name (or an address) that is not a peer
+    malformed: int = 0  # not a hello, bad flags or name, an echo of a hello never sent
+    unknown: int = 0  # a well-formed hello from a name (or an address) that is not a peer
     kernel_answers: int = 0  # ICMP port unreachable from a peer: its kernel answered, its agent did not
     changes: dict[str, int] = field(default_factory=dict)  # peer -> up/down changes
 
@@ -129,13 +163,15 @@ class _Peer:
     up: bool = False
     rtt_ms: float | None = None
     seq: int = 0  # last seq sent
-    answered: int | None = None  # last seq answered
-    streak: int = 0  # pongs in a row (consecutive seqs)
-    last_pong: float = 0.0  # clock time of the last pong (or of the seed, for a link seeded up)
-    due: float = 0.0  # clock time of the next ping
-    seeded: bool = False  # up from a seed, not yet confirmed by a pong
+    answered: int | None = None  # last seq echoed with news
+    streak: int = 0  # echoes in a row (consecutive seqs)
+    last_news: float = 0.0  # clock time of the last echo with news (or of the seed, for a link seeded up)
+    due: float = 0.0  # clock time of the next hello
+    seeded: bool = False  # up from a seed, not yet confirmed by an echo
     kernel_seen: float = float("-inf")  # clock time of the last ICMP port unreachable from the peer
     expiry_queued: bool = False  # has an entry in the prober's heap of down deadlines
+    heard: Hello | None = None  # the last hello heard from the peer (echoed in the next one sent)
+    heard_at: float = 0.0  # clock time it came
 
     def view(self) -> LinkView:
         return LinkView(up=self.up, rtt_ms=None if self.rtt_ms is None else round(self.rtt_ms, 3), since=self.since)
@@ -148,8 +184,8 @@ class Prober:
         address: str,
         *,
         port: int = PROBE_PORT,
-        interval: float = 0.1,
-        down_after: float = 0.5,
+        interval: float = 0.2,
+        down_after: float = 0.6,
         up_after: int = 2,
         max_rate: float = 200.0,
         on_change: Callable[[], None] = lambda: None,
@@ -170,15 +206,15 @@ class Prober:
         self.bound = threading.Event()  # set once the socket is bound (cleared when run() ends)
         self.bind_error: OSError | None = None  # the last failure to bind, while run() retries
         self.wakeups = 0  # times run() woke up (for the benchmarks and tests)
-        # Test hook: a packet (sender name, kind) for which it returns True is dropped on receipt.
-        self.drop: Callable[[str, int], bool] | None = None
+        # Test hook: a hello for which it returns True is dropped on receipt.
+        self.drop: Callable[[Hello], bool] | None = None
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
         self._by_address: dict[str, list[str]] = {}  # underlay address -> peers (ICMP answers name none)
         self._seeded: dict[str, LinkView] = {}
         # (due, order, name, peer): one entry per peer; an entry whose peer was forgotten is skipped
-        self._pings: list[tuple[float, int, str, _Peer]] = []
-        # (deadline, order, name, peer): up links, by when they go down unless a pong comes
+        self._hellos: list[tuple[float, int, str, _Peer]] = []
+        # (deadline, order, name, peer): up links, by when they go down unless news comes
         self._deadlines: list[tuple[float, int, str, _Peer]] = []
         self._order = itertools.count()
         self._dirty = True  # a peer or an up/down changed since the last on_change()
@@ -204,7 +240,7 @@ class Prober:
             for i, name in enumerate(new):
                 peer = _Peer(address=peers[name], since=wall, due=now + step * i)
                 self._peers[name] = peer
-                heapq.heappush(self._pings, (peer.due, next(self._order), name, peer))
+                heapq.heappush(self._hellos, (peer.due, next(self._order), name, peer))
                 seed = self._seeded.get(name)
                 if seed is not None:
                     self._apply_seed(name, peer, seed, now)
@@ -217,7 +253,7 @@ class Prober:
 
     def seed(self, views: Mapping[str, LinkView]) -> None:
         """Start from a previously published view (after an agent restart): a link seeded up counts
-        as having answered just now (it goes down only if no pong comes for down_after); a link
+        as having answered just now (it goes down only if no echo comes for down_after); a link
         seeded down keeps its `since`. Applies to the current peers and to peers named later."""
         with self._lock:
             now = self.clock()
@@ -236,8 +272,8 @@ class Prober:
 
     @property
     def period(self) -> float:
-        """Seconds between two pings to one peer: `interval`, longer when there are so many peers
-        that the host would send more than `max_rate` probes a second."""
+        """Seconds between two hellos to one peer: `interval`, longer when there are so many peers
+        that the host would send more than `max_rate` hellos a second."""
         with self._lock:
             return self._period(len(self._peers))
 
@@ -262,7 +298,7 @@ class Prober:
                 now = self.clock()
                 for peer in self._peers.values():
                     if peer.seeded:
-                        peer.last_pong = now  # the seed counts from when probing starts
+                        peer.last_news = now  # the seed counts from when probing starts
             self._notify_if_due()
             while not (stop.is_set() or self._closed.is_set()):
                 now = self.clock()
@@ -328,31 +364,47 @@ class Prober:
         return max(self.interval, peers / self.max_rate) if self.max_rate > 0 else self.interval
 
     def _deadline(self, peer: _Peer) -> float:
-        """When an up link goes down if no pong (nor kernel answer) comes before."""
-        return max(peer.last_pong + self.down_after, peer.kernel_seen + KERNEL_ANSWER_GRACE)
+        """When an up link goes down if no echo (nor kernel answer) comes before: `down_after`, as
+        many periods as it is intervals when many peers stretch the period (else a link would go down
+        between two hellos)."""
+        down_after = self.down_after * self._period(len(self._peers)) / self.interval
+        return max(peer.last_news + down_after, peer.kernel_seen + KERNEL_ANSWER_GRACE)
 
     def _next_wakeup(self, now: float) -> float:
         with self._lock:
-            times = [heap[0][0] for heap in (self._pings, self._deadlines) if heap]
+            times = [heap[0][0] for heap in (self._hellos, self._deadlines) if heap]
         return min(times, default=now + MAX_WAIT)
+
+    def _hello(self, peer: _Peer, now: float, *, scheduled: bool, answer: bool = False) -> bytes:
+        """With the lock held: a hello to `peer`, echoing what was heard. A scheduled one takes the
+        next seq; an answer repeats the last (so the echoes of scheduled hellos follow each other and
+        `up_after` in a row means that many intervals answered, whatever answers went between)."""
+        if scheduled:
+            peer.seq = (peer.seq + 1) & 0xFFFFFFFF
+        heard = peer.heard
+        flags = ANSWER if answer else 0
+        if heard is None:
+            return encode(Hello(flags, peer.seq, int(now * 1e9), self.me))
+        held_us = int((now - peer.heard_at) * 1e6)
+        return encode(Hello(flags | ECHO, peer.seq, int(now * 1e9), self.me, heard.seq, heard.sent_ns, held_us))
 
     def _send_due(self, sock: socket.socket, now: float) -> None:
         sends = []
         with self._lock:
             period = self._period(len(self._peers))
-            pings, peers = self._pings, self._peers
-            while pings and pings[0][0] <= now + MIN_WAIT:
-                _due, _order, name, peer = heapq.heappop(pings)
+            hellos, peers = self._hellos, self._peers
+            while hellos and hellos[0][0] <= now + MIN_WAIT:
+                _due, _order, name, peer = heapq.heappop(hellos)
                 if peers.get(name) is not peer:
                     continue  # forgotten, or started over
-                peer.seq = (peer.seq + 1) & 0xFFFFFFFF
                 # keep the phase; a peer far behind (a stalled thread) starts again from now
                 peer.due = peer.due + period if peer.due + period > now else now + period
-                heapq.heappush(pings, (peer.due, next(self._order), name, peer))
-                sends.append((peer.address, peer.seq))
-        for address, seq in sends:
-            if self._sendto(sock, encode(PING, seq, int(self.clock() * 1e9), self.me), address):
-                self.stats.pings_sent += 1
+                heapq.heappush(hellos, (peer.due, next(self._order), name, peer))
+                # a link not up (or only seeded) asks to be answered at once
+                sends.append((peer.address, self._hello(peer, self.clock(), scheduled=True, answer=not peer.up or peer.seeded)))
+        for address, packet in sends:
+            if self._sendto(sock, packet, address):
+                self.stats.hellos_sent += 1
 
     def _sendto(self, sock: socket.socket, packet: bytes, address: str) -> bool:
         try:
@@ -394,61 +446,67 @@ class Prober:
                 return
             except OSError:  # an ICMP error reported on the socket: nothing to read
                 continue
-            probe = decode(data)
-            if probe is None:
+            hello = decode(data)
+            if hello is None:
                 self.stats.malformed += 1
                 continue
-            kind, seq, sent_ns, sender = probe
-            if self.drop is not None and self.drop(sender, kind):
+            if self.drop is not None and self.drop(hello):
                 continue
-            with self._lock:
-                peer = self._peers.get(sender)
-                known = peer is not None and peer.address == src
-            if not known:
-                self.stats.unknown += 1
-                continue
-            if kind == PING:
-                if self._sendto(sock, encode(PONG, seq, sent_ns, self.me), src):
-                    self.stats.pongs_sent += 1
-            else:
-                self._pong(sender, seq, sent_ns)
+            answer, notify = self._heard(hello, src)
+            if answer is not None and self._sendto(sock, answer, src):
+                self.stats.hellos_sent += 1
+                self.stats.answers_sent += 1
+            if notify:
+                self._notify()
 
-    def _pong(self, sender: str, seq: int, sent_ns: int) -> None:
+    def _heard(self, hello: Hello, src: str) -> tuple[bytes | None, bool]:
+        """A hello came from `src`: remember it (for the echo in the next hello), take the news its
+        echo brings, and build the answer it asks for. Returns (answer to send or None, notify)."""
         now = self.clock()
-        rtt_ms = (now - sent_ns / 1e9) * 1e3
-        notify = False
         with self._lock:
-            peer = self._peers.get(sender)
-            if peer is None:
-                return
-            behind = (peer.seq - seq) & 0xFFFFFFFF
-            if behind >= SEQ_WINDOW or rtt_ms < 0:
-                self.stats.malformed += 1
-                return
-            self.stats.pongs_received += 1
-            ahead = None if peer.answered is None else (seq - peer.answered) & 0xFFFFFFFF
-            if ahead == 1:
-                peer.streak += 1
-            elif ahead is None or 0 < ahead < SEQ_WINDOW:
-                peer.streak = 1  # the first pong, or a newer one after a gap: a new row begins
-            else:
-                return  # a duplicate, or a late pong for an older ping: no news
-            peer.answered = seq
-            peer.last_pong = now  # its deadline moves later: the heap entry is checked when due
-            peer.kernel_seen = float("-inf")  # its agent answers again
-            peer.seeded = False
-            peer.rtt_ms = rtt_ms if peer.rtt_ms is None else (1 - RTT_SMOOTHING) * peer.rtt_ms + RTT_SMOOTHING * rtt_ms
-            self._views = None
-            if not peer.up and peer.streak >= self.up_after:
-                self._flip(sender, peer, True)
-            elif self._notified is not None and now - self._notified_at >= RTT_WRITE_INTERVAL:
-                old = self._notified.get(sender)
-                notify = old is not None and rtt_moved(old.rtt_ms, peer.view().rtt_ms)
-        if notify:
-            self._notify()
+            peer = self._peers.get(hello.sender)
+            if peer is None or peer.address != src:
+                self.stats.unknown += 1
+                return None, False
+            self.stats.hellos_received += 1
+            peer.heard, peer.heard_at = hello, now
+            notify = self._echoed(hello.sender, peer, hello, now) if hello.echo else False
+            # an answer never asks for one: two hosts that both see the link down do not loop
+            answer = self._hello(peer, now, scheduled=False) if hello.answer else None
+        return answer, notify
+
+    def _echoed(self, name: str, peer: _Peer, hello: Hello, now: float) -> bool:
+        """With the lock held: one of this host's hellos came back. True when the links record may
+        be worth a write for the RTT (up/down changes mark the prober dirty instead)."""
+        behind = (peer.seq - hello.echo_seq) & 0xFFFFFFFF
+        rtt_ms = (now - hello.echo_sent_ns / 1e9 - hello.held_us / 1e6) * 1e3
+        if behind >= SEQ_WINDOW or rtt_ms < -1.0:  # a hello never sent, or an impossible time
+            self.stats.malformed += 1
+            return False
+        ahead = None if peer.answered is None else (hello.echo_seq - peer.answered) & 0xFFFFFFFF
+        if ahead == 1:
+            peer.streak += 1
+        elif ahead is None or 0 < ahead < SEQ_WINDOW:
+            peer.streak = 1  # the first echo, or a newer one after a gap: a new row begins
+        else:
+            return False  # the same echo again, or an older one: no news
+        self.stats.echoes += 1
+        rtt_ms = max(rtt_ms, 0.0)
+        peer.answered = hello.echo_seq
+        peer.last_news = now  # its deadline moves later: the heap entry is checked when due
+        peer.kernel_seen = float("-inf")  # its agent answers again
+        peer.seeded = False
+        peer.rtt_ms = rtt_ms if peer.rtt_ms is None else (1 - RTT_SMOOTHING) * peer.rtt_ms + RTT_SMOOTHING * rtt_ms
+        self._views = None
+        if not peer.up and peer.streak >= self.up_after:
+            self._flip(name, peer, True)
+        elif self._notified is not None and now - self._notified_at >= RTT_WRITE_INTERVAL:
+            old = self._notified.get(name)
+            return old is not None and rtt_moved(old.rtt_ms, peer.view().rtt_ms)
+        return False
 
     def _expire(self, now: float) -> None:
-        """Links whose deadline passed go down; a deadline that moved (a pong came) is queued again."""
+        """Links whose deadline passed go down; a deadline that moved (news came) is queued again."""
         with self._lock:
             deadlines, peers = self._deadlines, self._peers
             while deadlines and deadlines[0][0] < now:
@@ -474,9 +532,9 @@ class Prober:
         self._by_address = {}
         for name, peer in self._peers.items():
             self._by_address.setdefault(peer.address, []).append(name)
-        if len(self._pings) > 2 * len(self._peers) + 64:
-            self._pings = [entry for entry in self._pings if self._peers.get(entry[2]) is entry[3]]
-            heapq.heapify(self._pings)
+        if len(self._hellos) > 2 * len(self._peers) + 64:
+            self._hellos = [entry for entry in self._hellos if self._peers.get(entry[2]) is entry[3]]
+            heapq.heapify(self._hellos)
         if len(self._deadlines) > 2 * len(self._peers) + 64:
             for entry in self._deadlines:
                 entry[3].expiry_queued = False
@@ -506,7 +564,7 @@ class Prober:
         peer.rtt_ms = view.rtt_ms
         peer.seeded = view.up
         if view.up:
-            peer.last_pong = now
+            peer.last_news = now
             self._queue_deadline(name, peer, self._deadline(peer))
 
     def _current_views(self) -> dict[str, LinkView]:

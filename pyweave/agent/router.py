@@ -69,7 +69,7 @@ class Router:
         """Recompute from every host's link views and the alive hosts (name -> address). Returns
         the underlay addresses whose FDB destination changed.
 
-        `own`: this host's prober's view now. For its own links it is the truth: a pong is a round
+        `own`: this host's prober's view now. For its own links it is the truth: an echo is a round
         trip, so a link it sees up works both ways, whatever the peer's published view says (which
         lags: after the peer's agent restarted, its record still shows the links down it saw while
         this one was gone). Without it, a restart on both ends looked like a broken link for a moment

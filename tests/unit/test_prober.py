@@ -10,7 +10,7 @@ import time
 import pytest
 from fakes import wait_for
 
-from pyweave.agent.prober import PING, PONG, Prober, decode, encode, publish_due
+from pyweave.agent.prober import ANSWER, ECHO, Hello, Prober, decode, encode, publish_due
 from pyweave.routes import LinkView
 
 INTERVAL = 0.05
@@ -90,15 +90,18 @@ def up(p: Prober, peer: str) -> bool:
 
 
 def test_wire_format_round_trip_and_malformed():
-    packet = encode(PING, 7, 123456789, "host-a")
-    assert packet[:4] == b"PWP1" and len(packet) == 4 + 1 + 4 + 8 + 6
-    assert decode(packet) == (PING, 7, 123456789, "host-a")
-    assert decode(encode(PONG, 2**32 - 1, 2**64 - 1, "ü")) == (PONG, 2**32 - 1, 2**64 - 1, "ü")
+    hello = Hello(ANSWER | ECHO, 7, 123456789, "host-a", 5, 987654321, 1500)
+    packet = encode(hello)
+    assert packet[:4] == b"PWP2" and len(packet) == 4 + 1 + 4 + 8 + 4 + 8 + 4 + 6
+    assert decode(packet) == hello and hello.answer and hello.echo
+    plain = Hello(0, 2**32 - 1, 2**64 - 1, "ü")
+    assert decode(encode(plain)) == plain and not plain.answer and not plain.echo
     assert decode(b"") is None
     assert decode(b"XXXX" + packet[4:]) is None
-    assert decode(packet[:17]) is None  # no sender name
-    assert decode(packet[:4] + b"\x03" + packet[5:]) is None  # unknown kind
-    assert decode(packet[:17] + b"\xff\xfe") is None  # not utf-8
+    assert decode(b"PWP1" + packet[4:]) is None  # the ping/pong format of before
+    assert decode(packet[:33]) is None  # no sender name
+    assert decode(packet[:4] + b"\x04" + packet[5:]) is None  # an unknown flag
+    assert decode(packet[:33] + b"\xff\xfe") is None  # not utf-8
 
 
 def test_link_goes_up_with_an_rtt(probers):
@@ -111,7 +114,7 @@ def test_link_goes_up_with_an_rtt(probers):
     assert view.rtt_ms is not None and 0 < view.rtt_ms < 100
     assert t0 <= view.since <= time.time()
     assert probers.changes["a"] >= 1 and probers.changes["b"] >= 1  # on_change told of the link going up
-    assert a.stats.pongs_received >= 2 and a.stats.pongs_sent >= 1 and a.stats.unknown == 0
+    assert a.stats.echoes >= 2 and a.stats.hellos_received >= 1 and a.stats.unknown == 0
 
 
 def test_link_goes_down_when_the_path_breaks_and_comes_back(probers):
@@ -119,7 +122,7 @@ def test_link_goes_down_when_the_path_breaks_and_comes_back(probers):
     b = probers.start("b", B, {"a": A})
     wait_for(lambda: up(a, "b"), timeout=5, message="link up")
     changes = probers.changes["a"]
-    b.drop = lambda sender, kind: True  # nothing of a's reaches b any more, and b's kernel is silent
+    b.drop = lambda hello: True  # nothing of a's reaches b any more, and b's kernel is silent
     stopped = time.monotonic()
     wait_for(lambda: not up(a, "b"), timeout=5, message="link down")
     took = time.monotonic() - stopped
@@ -163,7 +166,7 @@ def test_a_link_never_answered_is_down_and_sends_never_raise(probers):
     silent = Silent(C, probers.port)
     try:
         a = probers.start("a", A, {"c": C, "x": "127.0.0.4"})
-        wait_for(lambda: a.stats.pings_sent + a.stats.send_errors >= 10, timeout=5, message="probes sent")
+        wait_for(lambda: a.stats.hellos_sent + a.stats.send_errors >= 10, timeout=5, message="probes sent")
         assert probers.running["a"][2].is_alive()
         assert {name: view.up for name, view in a.snapshot().items()} == {"c": False, "x": False}
         assert a.snapshot()["c"].rtt_ms is None
@@ -171,32 +174,44 @@ def test_a_link_never_answered_is_down_and_sends_never_raise(probers):
         silent.close()
 
 
-def test_asymmetric_failure_is_seen_by_one_side_only(probers):
+@pytest.mark.parametrize("broken", ["b to a", "a to b"])
+def test_a_path_broken_one_way_is_seen_down_from_both_sides(probers, broken):
+    """One hello each way per interval measures both directions: whichever breaks, neither side gets
+    its hellos echoed any more, so both see the link down (a ping/pong needs 4 packets for this)."""
     a = probers.start("a", A, {"b": B})
     b = probers.start("b", B, {"a": A})
     wait_for(lambda: up(a, "b") and up(b, "a"), timeout=5, message="link up")
-    a.drop = lambda sender, kind: sender == "b" and kind == PONG  # a no longer hears b's answers
-    wait_for(lambda: not up(a, "b"), timeout=5, message="a sees b down")
-    pongs = b.stats.pongs_received
-    wait_for(lambda: b.stats.pongs_received >= pongs + 10, timeout=5, message="b still answered by a")
-    assert up(b, "a")
-    a.drop = None
-    wait_for(lambda: up(a, "b"), timeout=5, message="a sees b up again")
+    deaf = a if broken == "b to a" else b
+    deaf.drop = lambda hello: True
+    wait_for(lambda: not up(a, "b") and not up(b, "a"), timeout=5, message="both sides see the link down")
+    hearing = b if deaf is a else a
+    received = hearing.stats.hellos_received
+    wait_for(lambda: hearing.stats.hellos_received >= received + 5, timeout=5, message="hellos still heard one way")
+    assert not up(hearing, "a" if hearing is b else "b")  # heard, but its own hellos are not echoed
+    deaf.drop = None
+    wait_for(lambda: up(a, "b") and up(b, "a"), timeout=5, message="link up again")
 
 
-def test_up_needs_pongs_in_a_row(probers):
+def test_a_steady_link_costs_one_hello_each_way_per_interval(probers):
     a = probers.start("a", A, {"b": B})
     b = probers.start("b", B, {"a": A})
-    answered = []
+    wait_for(lambda: up(a, "b") and up(b, "a"), timeout=5, message="link up")
+    sent, answers, received = a.stats.hellos_sent, a.stats.answers_sent + b.stats.answers_sent, a.stats.hellos_received
+    wait_for(lambda: a.stats.hellos_sent >= sent + 10, timeout=5, message="ten intervals")
+    assert a.stats.answers_sent + b.stats.answers_sent == answers  # an up link asks for no answers
+    assert a.stats.hellos_received - received <= 10 + 2  # b sends one per interval, as a does
+    assert up(a, "b") and up(b, "a")
 
-    def every_other_ping(sender: str, kind: int) -> bool:  # b answers one ping in two
-        if kind != PING:
-            return False
-        answered.append(sender)
-        return len(answered) % 2 == 0
 
-    b.drop = every_other_ping
-    wait_for(lambda: a.stats.pongs_received >= 6, timeout=5, message="pongs")
+def test_up_needs_echoes_in_a_row(probers):
+    a = probers.start("a", A, {"b": B})
+    b = probers.start("b", B, {"a": A})
+
+    def every_other_interval(hello: Hello) -> bool:  # b hears a in one interval of a's in two
+        return hello.sender == "a" and hello.seq % 2 == 0
+
+    b.drop = every_other_interval
+    wait_for(lambda: a.stats.echoes >= 6, timeout=5, message="echoes")
     assert not up(a, "b")  # never two in a row
     b.drop = None
     wait_for(lambda: up(a, "b"), timeout=5, message="link up")
@@ -210,9 +225,10 @@ def test_a_seeded_link_stays_up_across_a_restart(probers):
     probers.stop("a")
 
     a2 = probers.start("a", A, {"b": B}, seed=published)
-    assert a2.snapshot()["b"] == published["b"]  # at once, before any pong
-    pongs_needed = int(2 * DOWN_AFTER / INTERVAL)
-    wait_for(lambda: a2.stats.pongs_received >= pongs_needed, timeout=5, message="pongs after the restart")
+    seen = a2.snapshot()["b"]  # up from the start (an echo may already have updated its RTT)
+    assert seen.up and seen.since == published["b"].since
+    echoes_needed = int(2 * DOWN_AFTER / INTERVAL)
+    wait_for(lambda: a2.stats.echoes >= echoes_needed, timeout=5, message="echoes after the restart")
     seen = a2.snapshot()["b"]
     assert seen.up and seen.since == published["b"].since
     assert a2.stats.changes.get("b", 0) == 0  # never went down
@@ -241,7 +257,7 @@ def test_peers_come_and_go(probers):
     assert a.snapshot() == {}
     wait_for(lambda: probers.changes["a"] > changes, timeout=5, message="on_change for a peer gone")
     unknown = a.stats.unknown
-    wait_for(lambda: a.stats.unknown > unknown, timeout=5, message="b's pings counted as unknown")
+    wait_for(lambda: a.stats.unknown > unknown, timeout=5, message="b's hellos counted as unknown")
     a.set_peers({"b": B})
     assert not up(a, "b")
     wait_for(lambda: up(a, "b"), timeout=5, message="link up again")
@@ -252,13 +268,13 @@ def test_malformed_and_unknown_packets_are_counted_and_ignored(probers):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((C, 0))
         s.sendto(b"hello", (A, probers.port))
-        s.sendto(encode(PING, 1, 1, "stranger"), (A, probers.port))
-        s.sendto(encode(PING, 1, 1, "b"), (A, probers.port))  # b's name, not b's address
-        s.sendto(encode(PONG, 1, 1, "b"), (A, probers.port))
+        s.sendto(encode(Hello(ANSWER, 1, 1, "stranger")), (A, probers.port))
+        s.sendto(encode(Hello(ANSWER, 1, 1, "b")), (A, probers.port))  # b's name, not b's address
+        s.sendto(encode(Hello(ECHO, 1, 1, "b", 1, 1)), (A, probers.port))
         wait_for(lambda: a.stats.malformed >= 1 and a.stats.unknown >= 3, timeout=5, message="packets counted")
         s.settimeout(0.2)
         with pytest.raises(TimeoutError):
-            s.recvfrom(100)  # no pong to strangers
+            s.recvfrom(100)  # no answer to strangers
     assert not up(a, "b")
 
 
@@ -337,7 +353,7 @@ def test_many_peers_are_probed_in_turn_within_the_rate_cap():
     assert set(per_peer) == set(peers.values())
     assert set(per_peer.values()) == {4}  # every 5 s (1000 peers at 200/s), each in turn
     assert max(per_second.values()) <= 200 + 5  # the cap, give or take one round
-    assert wakes <= 20.0 / 0.02 + 1  # pings due within a round go out together
+    assert wakes <= 20.0 / 0.02 + 1  # hellos due within a round go out together
 
 
 def test_few_peers_cost_one_round_per_interval():
@@ -349,16 +365,18 @@ def test_few_peers_cost_one_round_per_interval():
     assert wakes == 10
 
 
-def test_a_pong_moves_the_down_deadline_without_a_walk():
+def test_an_echo_moves_the_down_deadline_without_a_walk():
     clock = [0.0]
     p = Prober("a", A, interval=0.1, down_after=0.5, clock=lambda: clock[0])
     p.seed({"b": LinkView(up=True, rtt_ms=1.0, since=5.0)})
     p.set_peers({"b": B})
     p._send_due(_Sent(), 0.0)
     clock[0] = 0.3
-    p._pong("b", 1, 0)  # a pong for the first ping
+    answer, _notify = p._heard(Hello(ECHO, 1, 0, "b", 1, 0, 1000), B)  # b echoes the first hello
+    assert answer is None  # b did not ask for one
+    assert p.snapshot()["b"].rtt_ms == pytest.approx(0.7 * 1.0 + 0.3 * 299.0)  # 0.3 s less the 1 ms b held it
     p._expire(0.6)
-    assert up(p, "b")  # 0.6 s after the seed, but 0.3 s after the pong
+    assert up(p, "b")  # 0.6 s after the seed, but 0.3 s after the echo
     p._expire(0.79)
     assert up(p, "b")
     p._expire(0.81)
@@ -372,3 +390,29 @@ def test_the_snapshot_is_built_again_only_after_a_change():
     assert p.snapshot() is first
     p.set_peers({f"h{i}": f"10.1.0.{i + 1}" for i in range(99)})
     assert p.snapshot() is not first and len(p.snapshot()) == 99
+
+
+def test_a_hello_asking_for_an_answer_gets_one_that_asks_for_none():
+    clock = [0.0]
+    p = Prober("a", A, interval=0.1, clock=lambda: clock[0])
+    p.set_peers({"b": B})
+    clock[0] = 1.0
+    answer, _notify = p._heard(Hello(ANSWER, 41, 7_000, "b"), B)
+    assert answer is not None
+    got = decode(answer)
+    assert got is not None and got.echo and not got.answer  # never a loop of answers
+    assert (got.echo_seq, got.echo_sent_ns, got.held_us) == (41, 7_000, 0)
+    assert p._heard(Hello(ECHO, 42, 8_000, "b", got.seq, got.sent_ns, 0), B)[0] is None
+    assert p._heard(Hello(ANSWER, 1, 1, "b"), "127.0.0.9") == (None, False)  # b's name, not b's address
+
+
+def test_with_many_peers_a_link_waits_as_many_periods_as_intervals_before_going_down():
+    clock = [0.0]
+    p = Prober("a", A, interval=0.2, down_after=0.6, max_rate=200.0, clock=lambda: clock[0])
+    p.seed({"b": LinkView(up=True, rtt_ms=1.0, since=5.0)})
+    p.set_peers({"b": B} | {f"h{i}": f"10.1.{i // 250}.{i % 250 + 1}" for i in range(999)})
+    assert p.period == pytest.approx(5.0)  # 1000 peers at 200 hellos a second
+    p._expire(14.9)
+    assert up(p, "b")  # three periods (15 s), not 0.6 s: a hello comes only every 5 s
+    p._expire(15.1)
+    assert not up(p, "b")
