@@ -1,8 +1,9 @@
 """One process of simulated hosts for the control-plane benchmark: `python -m bench.scale_worker CONFIG`.
 
-CONFIG (JSON, written by bench.scale) names the etcd endpoint, the hosts this process runs, and
+CONFIG (JSON, written by bench.scale) names the etcd endpoint, the hosts this process runs,
 whether each agent gets its own etcd client (`"client": "own"`, as real agents do) or all share
-one (`"shared"`). The process talks to its driver in JSON lines:
+one (`"shared"`), and optionally the watchers' re-list period (`"relist_interval"`, seconds). The
+process talks to its driver in JSON lines:
 
     -> {"event": "registered"}                 every agent registered (leases reused from CONFIG)
     <- {"cmd": "start"}                         start every agent's loop (watch, reconcile)
@@ -74,6 +75,8 @@ class Worker:
                 dataplane=dp,
                 containers=FakeRuntime(),
             )
+            if config.get("relist_interval"):
+                agent.watcher.relist_interval = config["relist_interval"]
             self.agents.append(agent)
             self.dataplanes.append(dp)
             self.stores.append(raw)
@@ -94,6 +97,8 @@ class Worker:
                 "lists": a.watcher.stats.lists,
                 "compactions": a.watcher.stats.compactions,
                 "rewatches": a.watcher.stats.rewatches,
+                "failed_starts": a.watcher.stats.failed_starts,
+                "silent_restarts": a.watcher.stats.silent_restarts,
                 "sink_failures": a.watcher.stats.errors.count("sink failed"),
                 "calls": s.counts(),
             }
@@ -156,9 +161,12 @@ class Worker:
                 "events": after["events"] - before["events"],
                 "lists": after["lists"] - before["lists"],
                 # the watcher lists again after a compaction, a failed sink, or every relist_interval
+                # (beside its running watch)
                 "periodic_lists": (after["lists"] - before["lists"]) - (after["compactions"] - before["compactions"])
                 - max(0, after["sink_failures"] - before["sink_failures"]),
                 "rewatches": after["rewatches"] - before["rewatches"],
+                "failed_starts": after["failed_starts"] - before["failed_starts"],
+                "silent_restarts": after["silent_restarts"] - before["silent_restarts"],
                 "calls": {k: v for k, v in calls.items() if v},
                 "reached_at": dp.reached_at,
                 "remote": dp.remote_count(self.vni),

@@ -4,8 +4,21 @@ The loop (kopf's and flannel's pattern): list with a revision, watch from the ne
 batch to the mirror and call `on_change`. When the stream breaks (etcd restarted: the client reports
 one error and then goes silent) it watches again from the last revision it applied; when that
 revision has been compacted it lists again, which replaces the mirror wholesale so deletions missed
-meanwhile disappear too. Every retry backs off with a cap and jitter. A periodic re-list guards
-against anything missed in between.
+meanwhile disappear too. Every retry backs off with a cap and jitter.
+
+A periodic re-list guards against anything missed in between. It lists beside the running watch and
+leaves the watch alone: what the watch still delivers up to the listed revision is already in the
+listing and is skipped (applied, it would set keys back to older values for a moment). Starting the
+watch anew at every re-list cost a request per host and period for nothing, and under load worse:
+the new watch's "created" answer queues behind whatever the client has not yet read of the old one on
+the shared stream, a client that lags more than its timeout gives the creation up, and it is sent
+again (the 200-host benchmark counted 19 watches beyond the re-lists' own and none after a broken
+stream: this). The watch is started anew only if it said nothing since the last listing while the
+store moved past what it delivered (a stream gone silent).
+
+Each watch batch (one etcd watch response, which holds whole revisions) is applied to the sink under
+its lock, so a reader holding the lock sees a transaction whole or not at all: an agent that planned
+between the attachment and the claim of one `pyweave run` would claim the address again, or release it.
 """
 
 from __future__ import annotations
@@ -15,8 +28,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pyweave.backoff import Backoff
 from store.errors import Compacted, StoreError
@@ -28,7 +42,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class WatchStats:
     lists: int = 0
-    rewatches: int = 0
+    rewatches: int = 0  # watched again after a broken stream
+    failed_starts: int = 0  # a watch that could not be started (etcd unreachable, or too slow to answer)
+    silent_restarts: int = 0  # started anew: a periodic re-list found the store ahead of a silent watch
     compactions: int = 0
     events: int = 0
     errors: list[str] = field(default_factory=list)
@@ -70,6 +86,10 @@ class Sink(Protocol):
 
     revision: int
 
+    @property
+    def lock(self) -> AbstractContextManager[Any]:
+        """Held over each watch batch, so that readers holding it see whole transactions."""
+
     def apply(self, key: str, value: bytes | None, lease: int = 0, revision: int = 0) -> None: ...
     def replace(self, items: dict[str, tuple[bytes, int]], revision: int) -> None: ...
     def snapshot(self) -> tuple[dict[str, tuple[bytes, int]], int]: ...
@@ -95,6 +115,8 @@ class StoreWatcher:
         self.connected = False
         self.sink: Sink = sink if sink is not None else Mirror()
         self._synced = threading.Event()
+        self._listed_at = 0.0
+        self._skip_through = 0  # the revision of the last listing: a watch's changes up to it are in the sink
         self._pause = threading.Event()  # tests stop the watch to force a compaction behind it
 
     def snapshot(self) -> tuple[dict[str, tuple[bytes, int]], int]:
@@ -119,14 +141,18 @@ class StoreWatcher:
         kvs, revision = self.raw.list(self.prefix)
         self.sink.replace({kv.key: (kv.value, kv.lease) for kv in kvs}, revision)
         self.stats.lists += 1
+        self._listed_at = time.monotonic()
+        self._skip_through = revision  # a watch running meanwhile delivers these again: skipped
         self._synced.set()
         self.on_change()
 
     def _apply(self, batch: WatchBatch) -> None:
-        for change in batch.changes:
-            self.sink.apply(change.key, change.value, change.lease, change.revision)
-        self.stats.events += len(batch.changes)
-        if batch.changes:
+        changes = [c for c in batch.changes if c.revision > self._skip_through]
+        with self.sink.lock:
+            for change in changes:
+                self.sink.apply(change.key, change.value, change.lease, change.revision)
+        self.stats.events += len(changes)
+        if changes:
             self.on_change()
 
     def run(self, stop: threading.Event) -> None:
@@ -139,22 +165,26 @@ class StoreWatcher:
                 if need_list:
                     self._relist()
                     need_list = False
-                    listed_at = time.monotonic()
-                inbox: queue.Queue = queue.Queue()
+            except StoreError as err:
+                self._note_down(err)
+                stop.wait(backoff.next())
+                continue
+            inbox: queue.Queue = queue.Queue()
+            try:
                 cancel = self.raw.watch(self.prefix, start_revision=self.sink.revision + 1, callback=inbox.put)
-
             except Compacted as err:
                 log.info("watch from revision %d impossible (%s); listing again", self.sink.revision + 1, err)
                 self.stats.compactions += 1
                 need_list = True
                 continue
             except StoreError as err:
+                self.stats.failed_starts += 1
                 self._note_down(err)
                 stop.wait(backoff.next())
                 continue
             self.connected = True
             try:
-                outcome = self._pump(inbox, stop, backoff, listed_at)
+                outcome = self._pump(inbox, stop, backoff)
             finally:
                 cancel()
             if outcome == "compacted":
@@ -167,18 +197,23 @@ class StoreWatcher:
                 self.stats.rewatches += 1
                 stop.wait(backoff.next())
 
-    def _pump(self, inbox: queue.Queue, stop: threading.Event, backoff: Backoff, listed_at: float) -> str:
+    def _pump(self, inbox: queue.Queue, stop: threading.Event, backoff: Backoff) -> str:
+        heard = False  # a batch came through this watch since the last listing
         while not stop.is_set():
             if self._pause.is_set():
                 self._wait_unpaused(stop)
                 return "resume"
-            if time.monotonic() - listed_at > self.relist_interval:
-                return "relist"
+            if time.monotonic() - self._listed_at > self.relist_interval:
+                outcome = self._relist_beside(heard or not inbox.empty())
+                if outcome:
+                    return outcome
+                heard = False
             try:
                 item = inbox.get(timeout=0.5)
             except queue.Empty:
                 continue
             if isinstance(item, WatchBatch):
+                heard = True
                 backoff.reset()
                 try:
                     self._apply(item)
@@ -193,6 +228,21 @@ class StoreWatcher:
                 self._note_down(item)
                 return "broken"
         return "stopped"
+
+    def _relist_beside(self, heard: bool) -> str | None:
+        """The periodic re-list, the watch left running; an outcome if the watch must end."""
+        delivered = self.sink.revision
+        try:
+            self._relist()
+        except StoreError as err:
+            self._note_down(err)
+            return "relist"  # listed again (backing off) and watched anew, as after any failure
+        if not heard and self._skip_through > delivered:
+            log.info("the watch said nothing while the store moved from revision %d to %d; watching anew",
+                     delivered, self._skip_through)
+            self.stats.silent_restarts += 1
+            return "restart"
+        return None
 
     def _wait_unpaused(self, stop: threading.Event) -> None:
         # While paused no event is applied; resuming watches again from the old revision, which

@@ -1,6 +1,8 @@
 """pyweave.watcher.StoreWatcher against the in-memory store: list then watch, deletions, a broken
-stream (watch again from the last revision), compaction (list again), on_change, pause/resume and
-a clean stop. Every wait polls with a deadline; every watcher thread is joined."""
+stream (watch again from the last revision), compaction (list again), on_change, pause/resume, the
+periodic re-list (beside a live watch; a silent one started anew), a transaction applied in one hold
+of the sink's lock, and a clean stop. Every wait polls with a deadline; every watcher thread is joined.
+(What the watcher asks of a real etcd is counted in tests/lab/test_watch_requests.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import time
 import pytest
 from fakes import FlakyStore, wait_for
 
-from pyweave.watcher import StoreWatcher
+from pyweave.watcher import Mirror, StoreWatcher
 from store.errors import Compacted, StoreUnavailable
 from store.memory import MemoryStore
 from store.raw import WatchBatch
@@ -21,10 +23,10 @@ PREFIX = "/pyweave/v1/"
 class Running:
     """A watcher on its own thread, with a count of on_change calls."""
 
-    def __init__(self, raw) -> None:
+    def __init__(self, raw, **options) -> None:
         self.changes = 0
         self.stop = threading.Event()
-        self.watcher = StoreWatcher(raw, PREFIX, self._changed)
+        self.watcher = StoreWatcher(raw, PREFIX, self._changed, **options)
         self.thread = threading.Thread(target=self.watcher.run, args=(self.stop,), name="test-watch", daemon=True)
 
     def _changed(self) -> None:
@@ -53,8 +55,8 @@ class Running:
 def watchers():
     made: list[Running] = []
 
-    def start(raw) -> Running:
-        w = Running(raw).start()
+    def start(raw, **options) -> Running:
+        w = Running(raw, **options).start()
         made.append(w)
         return w
 
@@ -168,6 +170,71 @@ def test_paused_watcher_behind_a_compaction_lists_again_on_resume(watchers):
     w.caught_up(store)
     assert w.items() == {PREFIX + "probe": b"1", PREFIX + "new": b"1"}
     assert w.watcher.stats.compactions == 1
+
+
+class FirstWatchSilent:
+    """A client of a MemoryStore whose first watch is made but never delivers (a stream gone silent)."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.watches = 0
+
+    def watch(self, prefix: str, *, start_revision: int, callback):
+        self.watches += 1
+        deliver = callback if self.watches > 1 else (lambda _item: None)
+        return self.inner.watch(prefix, start_revision=start_revision, callback=deliver)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def test_periodic_relist_starts_a_silent_watch_anew_and_keeps_a_live_one(watchers):
+    store = MemoryStore()
+    client = FirstWatchSilent(store)
+    w = watchers(client, relist_interval=0.1)
+    store.put(PREFIX + "a", b"1")  # the silent watch says nothing of it; the next re-list finds it
+    wait_for(lambda: w.watcher.stats.silent_restarts == 1, message="the silent watch to be started anew")
+    for key in ("b", "c"):  # the new watch delivers; the re-lists between these writes leave it running
+        events, lists = w.watcher.stats.events, w.watcher.stats.lists
+        store.put(PREFIX + key, b"1")
+        wait_for(lambda: w.watcher.stats.events > events, message=f"the watch to deliver {key}")
+        wait_for(lambda: w.watcher.stats.lists > lists + 1, message="two more periodic re-lists")
+    assert w.items() == {PREFIX + "a": b"1", PREFIX + "b": b"1", PREFIX + "c": b"1"}
+    assert client.watches == 2 and w.watcher.stats.silent_restarts == 1, w.watcher.stats
+
+
+class CountingLock:
+    """A reentrant lock that counts how often a thread took it without holding it already."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.holds = 0
+
+    def __enter__(self) -> CountingLock:
+        self._lock.acquire()
+        self._depth += 1
+        self.holds += self._depth == 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        self._lock.release()
+
+
+def test_a_transaction_reaches_the_sink_in_one_hold_of_its_lock(watchers):
+    """A reader holding the sink's lock (the agent's planner) sees a `pyweave run`'s claim and
+    attachment together or not at all: planning between them claimed the address again (or, claim
+    first, released it)."""
+    store = MemoryStore()
+    sink = Mirror()
+    sink.lock = CountingLock()  # type: ignore[assignment]
+    w = watchers(store, sink=sink)
+    holds = sink.lock.holds
+    store.commit(puts=[(PREFIX + "ips/10.0.0.2", b"claim"), (PREFIX + "attachments/c1", b"10.0.0.2")])
+    w.caught_up(store)
+    assert sink.lock.holds == holds + 1
+    assert w.items() == {PREFIX + "ips/10.0.0.2": b"claim", PREFIX + "attachments/c1": b"10.0.0.2"}
 
 
 def test_stops_promptly_also_while_the_store_is_down():
