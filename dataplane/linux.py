@@ -56,6 +56,7 @@ from dataplane.api import (
     vxlan_name,
 )
 from dataplane.host import is_missing, netns_kwargs
+from dataplane.links import Link, LinkReader
 from dataplane.neighbours import NeighbourError, Neighbours
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class LinuxDataplane:
         self.netns = netns
         self.ipr = IPRoute(**netns_kwargs(netns))
         self.neighbours = Neighbours(netns)
+        self.links = LinkReader(netns)  # every read of links (cheap); pyroute2 only writes them
         self._packet: socket.socket | None = None
         self._vxlan_ids: dict[int, int] = {}
         self._transit_ids: dict[tuple[int, int], int] = {}
@@ -140,24 +142,26 @@ class LinuxDataplane:
     def close(self) -> None:
         self.ipr.close()
         self.neighbours.close()
+        self.links.close()
         if self._packet is not None:
             self._packet.close()
 
     # -- lookups -------------------------------------------------------------------------------
-    def _link(self, ifname: str):
-        try:
-            found = self.ipr.link_lookup(ifname=ifname)
-            return self.ipr.get_links(found[0])[0] if found else None
-        except NetlinkError as err:
-            if is_missing(err):
-                return None
-            raise
+    def _link(self, ifname: str) -> Link | None:
+        return self.links.get(ifname)
+
+    def _made(self, ifname: str) -> Link:
+        """The link just created: it must be there now."""
+        link = self.links.get(ifname)
+        if link is None:
+            raise DataplaneError(f"{ifname} vanished right after it was created")
+        return link
 
     def networks(self) -> set[int]:
         """VNIs that have a bridge or VXLAN device here."""
         out = set()
-        for link in self.ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
+        for link in self.links.dump():
+            name = link.name
             for prefix in (BRIDGE_PREFIX, VXLAN_PREFIX):
                 if name.startswith(prefix) and name[len(prefix):].isdigit():
                     out.add(int(name[len(prefix):]))
@@ -165,10 +169,10 @@ class LinuxDataplane:
 
     def ports(self) -> dict[tuple[str, int], PortState]:
         out = {}
-        for link in self.ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
+        for link in self.links.dump():
+            name = link.name
             if name.startswith(VETH_PREFIX):
-                state = _parse_alias(name, link.get_attr("IFLA_IFALIAS"))
+                state = _parse_alias(name, link.alias)
                 if state is None:
                     state = PortState(name, "", 0, "", 0, "", ())
                 out[(state.container_id, state.vni)] = state
@@ -183,22 +187,22 @@ class LinuxDataplane:
     def _ensure_bridge(self, vni: int, name: str | None = None) -> int:
         name = name or bridge_name(vni)
         link = self._link(name)
-        if link is not None and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "bridge":
+        if link is not None and link.kind != "bridge":
             log.warning("replacing %s: it is not a bridge", name)
             self._delete_link(name)
             link = None
         if link is None:
             log.info("creating bridge %s", name)
             self.ipr.link("add", ifname=name, kind="bridge", mtu=self.mtu)
-            link = self._link(name)
-        idx = link["index"]
-        if link.get_attr("IFLA_MTU") != self.mtu or link.get_attr("IFLA_OPERSTATE") == "DOWN" or not link["flags"] & 1:
+            link = self._made(name)
+        idx = link.index
+        if link.mtu != self.mtu or link.operstate == "DOWN" or not link.up:
             self.ipr.link("set", index=idx, mtu=self.mtu, state="up")
         return idx
 
-    def _vxlan_mismatch(self, link, vni: int, bridge_idx: int, *, port: int = VXLAN_PORT, proxy: int = 1) -> str | None:
-        data = lambda attr: link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", attr)  # noqa: E731
-        if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan":
+    def _vxlan_mismatch(self, link: Link, vni: int, bridge_idx: int, *, port: int = VXLAN_PORT, proxy: int = 1) -> str | None:
+        data = link.data.get
+        if link.kind != "vxlan":
             return "it is not a VXLAN device"
         wanted = {
             "IFLA_VXLAN_ID": vni,
@@ -237,14 +241,9 @@ class LinuxDataplane:
                 address=self.vtep_mac,
                 mtu=self.mtu,
             )
-            link = self._link(name)
-        idx = link["index"]
-        if (
-            link.get_attr("IFLA_MASTER") != bridge_idx
-            or link.get_attr("IFLA_MTU") != self.mtu
-            or link.get_attr("IFLA_ADDRESS") != self.vtep_mac
-            or not link["flags"] & 1
-        ):
+            link = self._made(name)
+        idx = link.index
+        if link.master != bridge_idx or link.mtu != self.mtu or link.address != self.vtep_mac or not link.up:
             self.ipr.link("set", index=idx, master=bridge_idx, mtu=self.mtu, address=self.vtep_mac, state="up")
         return idx
 
@@ -258,8 +257,8 @@ class LinuxDataplane:
         link = self._link(name)
         if link is None:
             raise DataplaneError(f"bridge {name} is missing; ensure_network first")
-        idx = link["index"]
-        if link.get_attr("IFLA_ADDRESS") != mac:
+        idx = link.index
+        if link.address != mac:
             self.ipr.link("set", index=idx, address=mac)
         _set_sysctl(f"net/ipv4/conf/{name}/forwarding", "0")
         _set_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
@@ -297,8 +296,8 @@ class LinuxDataplane:
     def transits(self) -> set[tuple[int, int]]:
         """(vni, budget) of every transit device or bridge here."""
         out = set()
-        for link in self.ipr.get_links():
-            found = parse_transit_name(link.get_attr("IFLA_IFNAME"))
+        for link in self.links.dump():
+            found = parse_transit_name(link.name)
             if found is not None:
                 out.add(found)
         return out
@@ -321,9 +320,9 @@ class LinuxDataplane:
                 "add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=self.underlay.address,
                 vxlan_link=self.underlay.ifindex, vxlan_port=port, vxlan_learning=0, mtu=self.mtu,
             )
-            link = self._link(name)
-        idx = link["index"]
-        if link.get_attr("IFLA_MASTER") != br or link.get_attr("IFLA_MTU") != self.mtu or not link["flags"] & 1:
+            link = self._made(name)
+        idx = link.index
+        if link.master != br or link.mtu != self.mtu or not link.up:
             self.ipr.link("set", index=idx, master=br, mtu=self.mtu, state="up")
         # Hairpin: a frame goes back out of the port it came in by. No learning: the device's own
         # FDB decides where each frame goes next, the bridge just turns it around.
@@ -342,10 +341,10 @@ class LinuxDataplane:
         key = (vni, budget)
         idx = self._transit_ids.get(key)
         if idx is None:
-            found = self.ipr.link_lookup(ifname=transit_vxlan_name(vni, budget))
-            if not found:
+            link = self._link(transit_vxlan_name(vni, budget))
+            if link is None:
                 raise DataplaneError(f"{transit_vxlan_name(vni, budget)} is missing; ensure_transit first")
-            idx = found[0]
+            idx = link.index
         have = {e.mac: e.dst for e in self.neighbours.fdb(idx)}
         fdb_del = tuple((mac, dst) for mac, dst in have.items() if dst and fdb.get(mac) != dst)
         fdb_add = tuple((mac, dst) for mac, dst in fdb.items() if have.get(mac) != dst)
@@ -365,7 +364,7 @@ class LinuxDataplane:
         if bridge is None:
             raise DataplaneError(f"bridge {bridge_name(port.vni)} is missing; ensure_network first")
         if link is not None:
-            state = _parse_alias(host_name, link.get_attr("IFLA_IFALIAS"))
+            state = _parse_alias(host_name, link.alias)
             if state is None or state.pid != port.pid or state.ifname != port.ifname or state.mac != port.mac:
                 log.info("replacing port %s of %s: container or its interface changed", host_name, port.container_id[:12])
                 self._delete_link(host_name)
@@ -373,11 +372,11 @@ class LinuxDataplane:
             else:
                 if state.cidrs != port.cidrs:
                     self._set_container_addresses(port)
-                    self.ipr.link("set", index=link["index"], ifalias=_alias(port))
-                if link.get_attr("IFLA_MASTER") != bridge["index"] or not link["flags"] & 1:
-                    self.ipr.link("set", index=link["index"], master=bridge["index"], state="up")
+                    self.ipr.link("set", index=link.index, ifalias=_alias(port))
+                if link.master != bridge.index or not link.up:
+                    self.ipr.link("set", index=link.index, master=bridge.index, state="up")
                 return
-        self._create_port(port, host_name, bridge["index"])
+        self._create_port(port, host_name, bridge.index)
 
     def _create_port(self, port: LocalPort, host_name: str, bridge_idx: int) -> None:
         temp = TEMP_PREFIX + host_name[len(VETH_PREFIX):]
@@ -496,11 +495,11 @@ class LinuxDataplane:
         every link: the most expensive part of a pass that only changes a few entries)."""
         if vni in self._vxlan_ids:
             return self._vxlan_ids[vni]
-        found = self.ipr.link_lookup(ifname=vxlan_name(vni))
-        if not found:
+        link = self._link(vxlan_name(vni))
+        if link is None:
             raise DataplaneError(f"{vxlan_name(vni)} is missing; ensure_network first")
-        self._vxlan_ids[vni] = found[0]
-        return found[0]
+        self._vxlan_ids[vni] = link.index
+        return link.index
 
     def announce(self, vni: int, *, ip: str, mac: str) -> None:
         """Send a gratuitous ARP for ip at mac into the bridge of vni, to local ports only.

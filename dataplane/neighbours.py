@@ -6,8 +6,9 @@ pyroute2 spends about 0.3 ms of CPU on each request and on each entry of a dump 
 message object for every one), so programming 50,000 endpoints took minutes. These are the only
 kernel objects pyweave writes in such numbers, and their messages are tiny and fixed in shape, so
 this module packs and parses them itself (struct, a few microseconds each), sends them in batches
-of a few hundred per `send`, and reads the acknowledgements in bulk. Everything else (links,
-addresses, routes) stays with pyroute2 in `dataplane.linux`.
+of a few hundred per `send`, and reads the acknowledgements in bulk. Links are read the same way
+(`dataplane.links`, on this module's socket helpers); everything else (writing links, addresses,
+routes) stays with pyroute2 in `dataplane.linux`.
 
 Message shapes (linux/neighbour.h, linux/netlink.h):
     nlmsghdr  len:u32 type:u16 flags:u16 seq:u32 pid:u32
@@ -87,7 +88,7 @@ def _message(kind: int, flags: int, seq: int, family: int, ifindex: int, state: 
     return _HDR.pack(_HDR.size + len(body), kind, flags, seq, 0) + body
 
 
-def _socket_in(netns: str | None) -> socket.socket:
+def route_socket(netns: str | None) -> socket.socket:
     """A NETLINK_ROUTE socket of the named namespace (/run/netns/NAME), or of this process's. A
     socket belongs to the namespace it was made in: this thread enters the named one just for that."""
     if netns is None:
@@ -111,7 +112,7 @@ class Neighbours:
     namespace this process runs in or the named one."""
 
     def __init__(self, netns: str | None = None) -> None:
-        self.sock = _socket_in(netns)
+        self.sock = route_socket(netns)
         for opt, force in ((socket.SO_SNDBUF, 32), (socket.SO_RCVBUF, 33)):  # SO_*BUFFORCE as root
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, force, 8 << 20)
@@ -168,7 +169,7 @@ class Neighbours:
         failure = None
         while by_seq:
             data = self.sock.recv(1 << 20)
-            for kind, _flags, seq, payload in _messages(data):
+            for kind, _flags, seq, payload in netlink_messages(data):
                 if kind != NLMSG_ERROR or seq not in by_seq:
                     continue
                 op = by_seq.pop(seq)
@@ -193,7 +194,7 @@ class Neighbours:
         out: list[Entry] = []
         while True:
             data = self.sock.recv(1 << 20)
-            for kind, _flags, msg_seq, payload in _messages(data):
+            for kind, _flags, msg_seq, payload in netlink_messages(data):
                 if msg_seq != seq:
                     continue
                 if kind == NLMSG_DONE:
@@ -214,7 +215,7 @@ def _harmless(what: str, code: int) -> bool:
     return what == "fdb add" and code == errno.EEXIST
 
 
-def _messages(data: bytes):
+def netlink_messages(data: bytes):
     """(type, flags, seq, payload) of every netlink message in one datagram."""
     offset = 0
     while offset + _HDR.size <= len(data):
