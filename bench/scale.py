@@ -65,6 +65,7 @@ BOUND_WAIT = 3.0  # a burst is waited for while the wall time stays within 3x th
 RELIST_INTERVAL_S = inspect.signature(StoreWatcher).parameters["relist_interval"].default
 REQUESTS_TARGET = 3.0  # issue 11 item 4: etcd requests per new endpoint, cluster-wide, keep-alives excluded
 CLI_REQUESTS = 1  # `pyweave run` claims the address and writes the attachment in one transaction
+KEEPALIVE_METHODS = ("refresh", "get_lease_info")  # EtcdStore.keepalive's and lease_ttl's client calls
 CORES = len(os.sched_getaffinity(0))
 GROWTH_LIMIT = 1.25  # "does not grow": per-event CPU at the largest size within 25 % of the smallest
 TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -127,10 +128,22 @@ class Run:
         return self.converge_s / self.cpu_bound_s if self.converge_s is not None and self.cpu_bound_s else math.nan
 
     def requests(self) -> tuple[int, int]:
-        """(etcd requests of every agent excluding keep-alives and periodic re-lists, keep-alives)."""
+        """(etcd requests of every agent excluding keep-alives and periodic re-lists, keep-alives),
+        with the attempts the etcd client made again inside a call."""
         calls = self.calls()
         keepalive = sum(v for k, v in calls.items() if k.startswith(("keepalive", "lease_ttl")))
-        return sum(calls.values()) - keepalive - self.periodic_relist_requests(), keepalive
+        return sum(calls.values()) - keepalive - self.periodic_relist_requests() + self.retried_requests(), keepalive
+
+    def retried(self) -> Counter:
+        """Attempts made again inside the agents' etcd clients (`EtcdStore.retried`), by client method."""
+        total: Counter = Counter()
+        for a in self.agents:
+            total.update(a.get("retried", {}))
+        return total
+
+    def retried_requests(self) -> int:
+        """Of those, all but the keep-alives' (left out of the figure like the keep-alives)."""
+        return sum(v for k, v in self.retried().items() if k not in KEEPALIVE_METHODS)
 
     def periodic_relist_requests(self) -> int:
         """The watcher's safety-net re-list (`StoreWatcher.relist_interval`, per host, whatever
@@ -655,6 +668,9 @@ def run(ctx: BenchContext) -> SectionResult:
         kinds.add(f"of the lists: the periodic re-list of each host's watcher (every {RELIST_INTERVAL_S:g} s; "
                   "a list each, beside the running watch), not counted in the figure",
                   fmt(relists / big.burst, 2), relists)
+        retried = big.retried_requests()
+        kinds.add("attempts the etcd client made again inside one of those requests (after a timeout or a refused "
+                  "connection; keep-alives' left out), counted in the figure", fmt(retried / big.burst, 2), retried)
         for key, what in (("rewatches", "watched again after a broken stream"),
                           ("failed_starts", "started again after a start that failed (etcd unreachable or its "
                                             "answer later than the client's timeout)"),
@@ -707,7 +723,8 @@ def run(ctx: BenchContext) -> SectionResult:
             f"and beyond that while the wait stays within {BOUND_WAIT:g}x the CPU bound so far. 'machine CPU s' is every "
             "process's CPU over the window (/proc/stat): more than worker + etcd means other work shared the CPUs.\n\n"
             "etcd requests per new endpoint, cluster-wide: every agent's requests from the burst until convergence "
-            "(`CountingStore` around each agent's client: puts, deletes, transactions, gets, lists, watches; lease keep-alives "
+            "(`CountingStore` around each agent's client: puts, deletes, transactions, gets, lists, watches, and the "
+            "attempts the client made again inside one of them after a timeout or a refused connection; lease keep-alives "
             "excluded, and so are the watchers' periodic re-lists: each host's watcher lists the store again every "
             "`relist_interval` whatever happens (its watch goes on), a cost per host and per time like the keep-alives, "
             "which falls in the window only when the simulated convergence outlasts the interval; they are shown in "

@@ -86,6 +86,10 @@ class Worker:
         self._lock = threading.Lock()
 
     def counters(self) -> list[dict]:
+        # A shared client's attempts made again (EtcdStore.retried) are the process's: given to its first agent.
+        first_of_client = {}
+        for s in self.stores:
+            first_of_client.setdefault(id(s.inner), s)
         return [
             {
                 "name": a.me,
@@ -101,6 +105,7 @@ class Worker:
                 "silent_restarts": a.watcher.stats.silent_restarts,
                 "sink_failures": a.watcher.stats.errors.count("sink failed"),
                 "calls": s.counts(),
+                "retried": dict(getattr(s.inner, "retried", {})) if first_of_client[id(s.inner)] is s else {},
             }
             for a, s in zip(self.agents, self.stores, strict=True)
         ]
@@ -152,6 +157,8 @@ class Worker:
         for before, after, dp in zip(self._mark, now, self.dataplanes, strict=True):
             calls = Counter(after["calls"])
             calls.subtract(before["calls"])
+            retried = Counter(after["retried"])
+            retried.subtract(before["retried"])
             out.append({
                 "name": after["name"],
                 "reconciles": after["reconciles"] - before["reconciles"],
@@ -168,6 +175,7 @@ class Worker:
                 "failed_starts": after["failed_starts"] - before["failed_starts"],
                 "silent_restarts": after["silent_restarts"] - before["silent_restarts"],
                 "calls": {k: v for k, v in calls.items() if v},
+                "retried": {k: v for k, v in retried.items() if v},
                 "reached_at": dp.reached_at,
                 "remote": dp.remote_count(self.vni),
             })

@@ -179,6 +179,11 @@ class CountingStore:
         self._lock = threading.Lock()
         self.calls: Counter = Counter()
 
+    @property
+    def inner(self):
+        """The store counted: its own `retried` counts the attempts it made again inside one call."""
+        return self._inner
+
     def counts(self) -> dict[str, int]:
         """A copy of the counts, taken under the lock (the agents' threads add to them meanwhile)."""
         with self._lock:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
@@ -92,6 +93,9 @@ class EtcdStore(OneKeyWrites):
         eps = [self._endpoint(u) for u in self.endpoints]
         self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
         self._lock = threading.Lock()
+        # Attempts made again by `_call`, by the client method's name: each is one more request to
+        # etcd (the first may even have been applied), which a count of this object's calls misses.
+        self.retried: Counter[str] = Counter()
 
     def add_endpoints(self, urls: Sequence[str]) -> None:
         """Fail over to these endpoints too (members that joined the cluster since). The client's
@@ -134,6 +138,8 @@ class EtcdStore(OneKeyWrites):
                     raise
                 if attempt == attempts - 1:
                     raise StoreUnavailable(self.endpoints, _describe(err)) from err
+                with self._lock:
+                    self.retried[getattr(fn, "__name__", "call")] += 1
                 time.sleep(0.1 * (attempt + 1))
 
     # -- reads ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """What `pyweave.watcher.StoreWatcher` asks of a real etcd (issue 11 item 4: etcd requests per new
 endpoint): its periodic re-list is one list beside the running watch, never a new watch, also while
-the client lags behind the stream by more than its timeout.
+the client lags behind the stream by more than its timeout. And `EtcdStore` counts the attempts it
+makes again inside one call (the benchmark adds them to the requests it counts around the client).
 
 The lagging client is what the 200-host benchmark showed (docs/performance.md, section 6): a new
 watch's "created" answer queues behind what the client has not yet read of the old watch on the same
@@ -11,6 +12,7 @@ that lag made certain; the client's timeout is short so that the test is quick."
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from collections import Counter
@@ -20,6 +22,7 @@ from polling import wait_for
 from test_store import Etcd
 
 from pyweave.watcher import StoreWatcher
+from store.errors import StoreUnavailable
 from store.etcd import EtcdStore
 from store.raw import WatchBatch
 
@@ -108,3 +111,16 @@ def test_periodic_relist_is_one_list_and_keeps_the_watch_while_the_client_lags(e
         thread.join(timeout=10)
         raw.close()
     assert not thread.is_alive(), "the watcher did not stop within 10 s of its stop event"
+
+
+def test_the_client_counts_the_attempts_it_makes_again():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    raw = EtcdStore([f"http://127.0.0.1:{port}"], timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable):
+            raw.put(PREFIX + "a", b"1")
+        assert raw.retried == {"put": 2}  # three attempts in all, one call
+    finally:
+        raw.close()
