@@ -236,10 +236,20 @@ class EtcdStore(OneKeyWrites):
 
         The callback runs on the client's watch thread. It receives `Compacted` if start_revision is
         gone, and `StoreUnavailable` once when the stream breaks; after either, nothing more comes:
-        the caller watches again. Returns a function that cancels the watch.
+        the caller watches again. Returns a function that cancels the watch: nothing reaches the
+        callback after it returned.
+
+        After any failed request (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL) the client library swaps
+        its watcher for a new one and only half-closes the old stream, which etcd goes on serving: a
+        cancel sent through the client then reached the new watcher, and the old watch went on
+        delivering every change to a callback whose reader was gone. So the cancel goes to the
+        watcher that carries the watch, and the callback is shut off whatever the stream does.
         """
+        cancelled = threading.Event()
 
         def on_response(resp) -> None:
+            if cancelled.is_set():
+                return
             if isinstance(resp, etcd_exceptions.RevisionCompactedError):
                 callback(Compacted(resp.compacted_revision))
                 return
@@ -257,13 +267,16 @@ class EtcdStore(OneKeyWrites):
             )
             callback(WatchBatch(resp.header.revision, changes))
 
-        watch_id = self._call(
-            self._client.add_watch_prefix_callback, prefix, on_response, start_revision=start_revision
-        )
+        def add_watch() -> tuple[object, int]:
+            watcher = self._client.watcher  # the one that carries it (unless swapped just now)
+            return watcher, self._client.add_watch_prefix_callback(prefix, on_response, start_revision=start_revision)
+
+        watcher, watch_id = self._call(add_watch)
 
         def cancel() -> None:
+            cancelled.set()
             try:
-                self._client.cancel_watch(watch_id)
+                watcher.cancel(watch_id)  # type: ignore[attr-defined]
             except Exception as err:  # noqa: BLE001 - cancelling a dead watch is fine
                 log.debug("cancel watch %s: %s", watch_id, err)
 

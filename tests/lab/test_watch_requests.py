@@ -124,3 +124,29 @@ def test_the_client_counts_the_attempts_it_makes_again():
         assert raw.retried == {"put": 2}  # three attempts in all, one call
     finally:
         raw.close()
+
+
+def test_a_cancelled_watch_says_nothing_more_after_the_client_replaced_its_watcher(etcd):
+    """After any failed request (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL) the client library drops its
+    watcher for a new one and only half-closes the old stream, which etcd keeps serving; a cancel sent
+    to the new watcher left the old watch delivering every change into a queue nobody read."""
+    raw = EtcdStore([etcd.url], timeout=2)
+    prefix = PREFIX + "orphan/"
+    got: list = []
+    try:
+        _items, revision = raw.list(prefix)
+        cancel = raw.watch(prefix, start_revision=revision + 1, callback=got.append)
+        raw.put(prefix + "before", b"1")
+        wait_for(lambda: any(isinstance(i, WatchBatch) for i in got), timeout=10, message="the watch to deliver")
+        raw._client._clear_old_stubs()  # what the client does after a failed request
+        cancel()
+        seen: list = []
+        after = raw.put(prefix + "after", b"1")
+        cancel_other = raw.watch(prefix, start_revision=after, callback=seen.append)  # a watch on the new watcher
+        wait_for(lambda: any(isinstance(i, WatchBatch) and i.revision >= after for i in seen), timeout=10,
+                 message="a live watch to deliver the write made after the cancel")
+        cancel_other()
+        keys = [c.key for i in got if isinstance(i, WatchBatch) for c in i.changes]
+        assert keys == [prefix + "before"], keys
+    finally:
+        raw.close()
