@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import pyetcd
@@ -267,7 +268,7 @@ class EtcdStore(OneKeyWrites):
             )
             callback(WatchBatch(resp.header.revision, changes))
 
-        def add_watch() -> tuple[object, int]:
+        def add_watch() -> tuple[Any, int]:
             watcher = self._client.watcher  # the one that carries it (unless swapped just now)
             return watcher, self._client.add_watch_prefix_callback(prefix, on_response, start_revision=start_revision)
 
@@ -276,7 +277,7 @@ class EtcdStore(OneKeyWrites):
         def cancel() -> None:
             cancelled.set()
             try:
-                watcher.cancel(watch_id)  # type: ignore[attr-defined]
+                watcher.cancel(watch_id)
             except Exception as err:  # noqa: BLE001 - cancelling a dead watch is fine
                 log.debug("cancel watch %s: %s", watch_id, err)
 
