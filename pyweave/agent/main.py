@@ -111,8 +111,12 @@ def main() -> None:
     if config.store_members > 0:
         from pyweave.agent.membership import StoreMembership
 
+        def hosts() -> frozenset[str]:
+            with agent.view.lock:
+                return frozenset(agent.view.hosts)
+
         StoreMembership(state, config, agent.underlay.address, agent.stop_event,
-                        lease=lambda: agent.lease, on_endpoints=agent.raw.add_endpoints).start()
+                        lease=lambda: agent.lease, on_endpoints=agent.raw.add_endpoints, hosts=hosts).start()
 
     agent_pid = os.getpid()
 

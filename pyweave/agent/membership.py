@@ -19,6 +19,14 @@ Every pass also refreshes the host's view of the store: the client URLs of the v
 those that answer first (this host's own first when it is one), saved in its configuration (which
 the CLI reads) and added to the agent's client for failover (`on_endpoints`).
 
+A pass costs a request for the member list and one to each voting member (its status). While the
+store is *settled* (every voting member answers, no learner, nothing for this host to join or
+leave) a pass is due only every `settled_interval` seconds, or at once when the cluster's hosts change
+(a host record came or went, as the agent's watch sees it: a dead member host's record goes with its
+lease); anything else unsettles it, and passes come every `interval` again. So the first sign of a
+dead member comes within `settled_interval` (its replacement after `member_grace` from then), and
+an idle agent spends a third of the requests it did (issue 11).
+
 Membership follows the hosts (item 3, rules in `store.members`):
 - a voting member that has not answered for `member_grace` seconds, and whose host is dead (its
   lease-bound host record gone), is removed by whichever live agent sees it first, under the join
@@ -50,14 +58,18 @@ log = logging.getLogger("pyweave.agent.membership")
 JOIN_LOCK = rules.JOIN_LOCK
 PROMOTE_TIMEOUT = 60.0
 MEMBER_GRACE = 15.0  # seconds a dead host's member goes unanswered before it is replaced
+SETTLED_INTERVAL = 6.0  # seconds between passes while the store is as it should be
 
 
 class StoreMembership:
     def __init__(
         self, state: HostState, config: HostConfig, address: str, stop: threading.Event, *,
         lease: Callable[[], int], on_endpoints: Callable[[list[str]], None], interval: float = 2.0,
-        member_grace: float = MEMBER_GRACE,
+        member_grace: float = MEMBER_GRACE, settled_interval: float = SETTLED_INTERVAL,
+        hosts: Callable[[], frozenset[str]] | None = None,
     ) -> None:
+        """`hosts`: the names of the cluster's hosts as the agent's view has them (a change makes a
+        pass due at once)."""
         self.state = state
         self.config = config
         self.address = address
@@ -69,6 +81,11 @@ class StoreMembership:
         self.peer_url = f"{s}://{address}:2380"
         self.client_url = f"{s}://{address}:2379"
         self.member_grace = member_grace
+        self.settled_interval = settled_interval
+        self.hosts = hosts
+        self.settled = False  # the last pass found nothing to do and every voting member answering
+        self._passed_at: float | None = None  # when the last pass ran (monotonic)
+        self._passed_hosts: frozenset[str] | None = None  # the hosts as they were then
         self.health: dict[str, bool] = {}
         self._down_since: dict[str, float] = {}  # member ID -> when this agent first saw it not answer
         self._children: list = []  # etcd processes started here: reaped when they end
@@ -80,9 +97,18 @@ class StoreMembership:
     def _mine(self, member: dict) -> bool:
         return self.peer_url in member.get("peerURLs", []) or member.get("name") == self.config.name
 
+    def due(self, now: float, hosts: frozenset[str] | None) -> bool:
+        """Whether a pass is due: always while unsettled; else after settled_interval, or when the
+        cluster's hosts changed since the last pass."""
+        if not self.settled or self._passed_at is None:
+            return True
+        return now - self._passed_at >= self.settled_interval or hosts != self._passed_hosts
+
     def check(self) -> None:
+        self.settled = False
         self._children = [c for c in self._children if c.poll() is None]
         if self.config.store_members <= 0:
+            self.settled = True
             return  # a store of the user's own: not ours to form
         store = self._store()
         members = store.members()
@@ -93,9 +119,12 @@ class StoreMembership:
             return
         if self.replace_dead(store, members):
             members = store.members()
+        calm = bool(self.health) and all(self.health.values()) and not any(m.get("isLearner") for m in members)
         if mine or self.config.embedded_etcd:
+            self.settled = calm
             return
         if len(members) >= self.config.store_members or shutil.which("etcd") is None:
+            self.settled = calm
             return
         lease = self.lease()
         if not lease:
@@ -222,11 +251,19 @@ class StoreMembership:
     # -- the thread ----------------------------------------------------------------------------
     def run(self) -> None:
         while not self.stop.is_set():
+            hosts = self.hosts() if self.hosts is not None else None
+            now = time.monotonic()
+            if not self.due(now, hosts):
+                self.stop.wait(self.interval * random.uniform(0.75, 1.25))
+                continue
+            self._passed_at, self._passed_hosts = now, hosts
             try:
                 self.check()
             except StoreError as err:
+                self.settled = False
                 log.debug("store membership pass failed, will retry: %s", err)
             except Exception:  # noqa: BLE001 - the thread must outlive one bad pass
+                self.settled = False
                 log.exception("store membership pass crashed")
             self.stop.wait(self.interval * random.uniform(0.75, 1.25))
 

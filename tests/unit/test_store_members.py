@@ -120,3 +120,28 @@ def test_two_dead_of_three_is_quorum_lost_and_nobody_removes_anything():
     agent.refresh(store, store.members())  # type: ignore[arg-type]
     assert not agent.replace_dead(store, store.members())  # type: ignore[arg-type]
     assert store.calls == []
+
+
+def test_a_settled_store_is_checked_less_often_and_at_once_when_the_hosts_change():
+    store = FakeStore(THREE)
+    agent = _agent(store, "a", grace=60.0)
+    agent._store = lambda: store  # type: ignore[method-assign,assignment,return-value]
+    agent.config.embedded_etcd = True
+    hosts = frozenset({"a", "b", "c"})
+    assert agent.due(0.0, hosts)  # never checked yet
+    agent._passed_at, agent._passed_hosts = 0.0, hosts
+    agent.check()
+    assert agent.settled  # three voting members answering, this host one of them: nothing to do
+    assert not agent.due(agent.interval, hosts)
+    assert agent.due(agent.settled_interval, hosts)
+    assert agent.due(agent.interval, hosts - {"c"})  # a host record went: look now
+    store.down = {"c"}  # a member stops answering: passes come every interval again
+    agent.check()
+    assert not agent.settled and agent.due(agent.interval, hosts)
+    store.down = set()
+    store._members = [*THREE, member("4", "d", learner=True)]  # a join under way
+    agent.check()
+    assert not agent.settled
+    store._members = THREE
+    agent.check()
+    assert agent.settled
