@@ -81,6 +81,17 @@ def _enroller(agent: Agent):
     return Enroller(secret_path.read_bytes(), bundle)
 
 
+def _quiet_grpc_waits() -> None:
+    """gRPC's blocking waits (the store watch's next message, the lease keep-alive stream's) wake
+    every 0.1 s (`grpc._common.MAXIMUM_WAIT_TIMEOUT`) only so that a main thread blocked there still
+    runs its signal handlers; what they wait for notifies them at once. The agent's streams are read
+    by threads other than the main one, so each wake-up was idle work: ten a second per stream, a
+    third of an idle agent's CPU once its passes got cheap (issue 11). Once a second is plenty."""
+    import grpc._common
+
+    grpc._common.MAXIMUM_WAIT_TIMEOUT = 1.0
+
+
 def main() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_KeyValueFormatter())
@@ -94,6 +105,7 @@ def main() -> None:
     from store.etcd import EtcdStore
 
     use_for_this_process(state, config)  # every store client of the agent: TLS when the cluster has a secret
+    _quiet_grpc_waits()
 
     agent = Agent(config=config, state=state, raw=EtcdStore(config.store, timeout=2.0))
     if config.dns:
