@@ -262,17 +262,14 @@ class LinuxDataplane:
             self.ipr.link("set", index=idx, address=mac)
         _set_sysctl(f"net/ipv4/conf/{name}/forwarding", "0")
         _set_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
-        self._sync_addresses(self.ipr, idx, cidrs, what=name)
+        self._sync_addresses(self.ipr, idx, cidrs, what=name, have=self.links.addresses(idx))
         if self.service_address and subnet:
             # The way back from the service address to the containers; metric 1024 so that the
             # connected route of an exposed address, when there is one, stays in front.
             net = ipaddress.IPv4Network(subnet)
             present = any(
-                r.get_attr("RTA_OIF") == idx
-                and r.get_attr("RTA_DST") == str(net.network_address)
-                and r["dst_len"] == net.prefixlen
-                and r.get_attr("RTA_PRIORITY") == 1024
-                for r in self.ipr.get_routes(family=2, table=254)
+                r.oif == idx and r.dst == str(net.network_address) and r.dst_len == net.prefixlen and r.priority == 1024
+                for r in self.links.routes(table=254)
             )
             if not present:
                 self.ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx, scope=253, priority=1024)
@@ -429,12 +426,17 @@ class LinuxDataplane:
             self._sync_addresses(ns, found[0], port.cidrs, what=f"{port.container_id[:12]}:{port.ifname}")
 
     @staticmethod
-    def _sync_addresses(ipr, index: int, cidrs: Iterable[ipaddress.IPv4Interface], *, what: str) -> None:
-        """Make the IPv4 addresses of interface `index` (in the namespace of `ipr`) exactly `cidrs`."""
-        have = {
-            ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-            for a in ipr.get_addr(index=index, family=2)
-        }
+    def _sync_addresses(
+        ipr, index: int, cidrs: Iterable[ipaddress.IPv4Interface], *, what: str,
+        have: set[ipaddress.IPv4Interface] | None = None,
+    ) -> None:
+        """Make the IPv4 addresses of interface `index` (in the namespace of `ipr`) exactly `cidrs`;
+        `have`: what it has, when already read (else asked of `ipr`)."""
+        if have is None:
+            have = {
+                ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+                for a in ipr.get_addr(index=index, family=2)
+            }
         want = set(cidrs)
         for iface in have - want:
             log.info("removing %s from %s", iface, what)

@@ -45,3 +45,26 @@ def test_links_read_as_ip_shows_them(namespaces):
         assert reader.get("pwx-1") is None
     finally:
         reader.close()
+
+
+def test_addresses_and_routes_read_as_ip_shows_them(namespaces):
+    ns = namespaces("addrs")
+    ip(ns, "link", "add", "pwb-70001", "type", "bridge")
+    ip(ns, "link", "set", "pwb-70001", "up")
+    ip(ns, "addr", "add", "10.70.0.9/24", "dev", "pwb-70001")
+    ip(ns, "addr", "add", "10.71.0.9/16", "dev", "pwb-70001")
+    ip(ns, "route", "add", "10.72.0.0/24", "dev", "pwb-70001", "metric", "1024")
+    reader = LinkReader(ns)
+    try:
+        index = reader.get("pwb-70001").index
+        assert {str(a) for a in reader.addresses(index)} == {"10.70.0.9/24", "10.71.0.9/16"}
+        assert {str(a) for a in reader.addresses(reader.get("lo").index)} == {"127.0.0.1/8"}  # each link its own
+        shown = json.loads(ip(ns, "-json", "route", "show", "table", "main"))
+        routes = reader.routes(table=254)
+        assert len(routes) == len(shown)
+        added = [r for r in routes if r.dst == "10.72.0.0"]
+        assert len(added) == 1 and (added[0].dst_len, added[0].oif, added[0].priority) == (24, index, 1024)
+        assert {(r.dst, r.dst_len) for r in routes} == {(s["dst"].split("/")[0], int(s["dst"].split("/")[1]) if "/" in s["dst"] else 32)
+                                                       for s in shown}
+    finally:
+        reader.close()
