@@ -264,12 +264,13 @@ class Agent:
                 self.applier.forget()
             revision = view.revision
             rerouted: set[str] = set()
-            probed = self.prober.snapshot() if self.prober is not None else None
-            own_up = frozenset(p for p, v in probed.items() if v.up) if probed is not None else frozenset()
-            routing = changes.links or changes.hosts or changes.reset or not self._routed or own_up != self._own_up
+            # The prober hands out one set until a link goes up or down: no walk over the peers per pass.
+            own_up = self.prober.up_peers() if self.prober is not None else frozenset()
+            links_moved = own_up is not self._own_up and own_up != self._own_up
+            routing = changes.links or changes.hosts or changes.reset or not self._routed or links_moved
             self._own_up = own_up
             if routing:
-                rerouted = self._route(view, probed)
+                rerouted = self._route(view, self.prober.snapshot() if self.prober is not None else None)
             plan = plan_host(
                 view, self.me, containers, existing, mtu=self.mtu,
                 dns_domain=self.config.dns_domain if self.config.dns else None, with_remote=False,

@@ -221,6 +221,7 @@ class Prober:
         self._notified: dict[str, LinkView] | None = None
         self._notified_at = float("-inf")
         self._views: dict[str, LinkView] | None = None  # snapshot(), until something changes
+        self._up: frozenset[str] | None = None  # up_peers(), until a link goes up or down
         self._closed = threading.Event()
         self._sock: socket.socket | None = None
         self._wake_fd: int | None = None  # write end of the pipe run() polls with the socket
@@ -246,7 +247,7 @@ class Prober:
                     self._apply_seed(name, peer, seed, now)
             if changed or new:
                 self._dirty = True
-                self._views = None
+                self._views = self._up = None
                 self._reindex()
         if new:
             self._wake()
@@ -263,12 +264,22 @@ class Prober:
                     self._apply_seed(name, peer, views[name], now)
             self._notified = None  # the agent publishes its first view, seeded or not
             self._dirty = True
-            self._views = None
+            self._views = self._up = None
 
     def snapshot(self) -> Mapping[str, LinkView]:
-        """Every peer's link now (read-only: the same mapping is handed out until a change)."""
+        """Every peer's link (read-only: the same mapping is handed out until a change). Up/down
+        and peers are as they are now; RTTs as of the last change or of the last time one moved
+        enough to be published (`rtt_moved`, then on_change() is called): an echo that only
+        refines an RTT does not make every reader walk the peers again."""
         with self._lock:
             return self._current_views()
+
+    def up_peers(self) -> frozenset[str]:
+        """The peers whose link is up (the same set until one goes up or down, or peers change)."""
+        with self._lock:
+            if self._up is None:
+                self._up = frozenset(name for name, peer in self._peers.items() if peer.up)
+            return self._up
 
     @property
     def period(self) -> float:
@@ -496,13 +507,18 @@ class Prober:
         peer.last_news = now  # its deadline moves later: the heap entry is checked when due
         peer.kernel_seen = float("-inf")  # its agent answers again
         peer.seeded = False
-        peer.rtt_ms = rtt_ms if peer.rtt_ms is None else (1 - RTT_SMOOTHING) * peer.rtt_ms + RTT_SMOOTHING * rtt_ms
-        self._views = None
+        if peer.rtt_ms is None:
+            peer.rtt_ms = rtt_ms
+            self._views = None  # its first RTT: a link that answered is listed (up or not)
+        else:
+            peer.rtt_ms = (1 - RTT_SMOOTHING) * peer.rtt_ms + RTT_SMOOTHING * rtt_ms
         if not peer.up and peer.streak >= self.up_after:
             self._flip(name, peer, True)
         elif self._notified is not None and now - self._notified_at >= RTT_WRITE_INTERVAL:
             old = self._notified.get(name)
-            return old is not None and rtt_moved(old.rtt_ms, peer.view().rtt_ms)
+            if old is not None and rtt_moved(old.rtt_ms, peer.view().rtt_ms):
+                self._views = None  # the snapshot shows RTTs worth publishing
+                return True
         return False
 
     def _expire(self, now: float) -> None:
@@ -554,7 +570,7 @@ class Prober:
             peer.streak = 0
         self.stats.changes[name] = self.stats.changes.get(name, 0) + 1
         self._dirty = True
-        self._views = None
+        self._views = self._up = None
         log.info("link %s -> %s %s%s", self.me, name, "up" if up else "down",
                  f" (rtt {peer.rtt_ms:.2f} ms)" if up and peer.rtt_ms is not None else "")
 

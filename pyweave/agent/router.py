@@ -44,6 +44,7 @@ class Router:
         self._budgets: dict[int, int] = {}
         self._address: dict[str, str] = {}  # peer name -> underlay address
         self.meshed = True  # every alive host has a usable link to every other (nothing to relay)
+        self._relaying = False  # some peer's FDB destination is not its own address (set by update)
 
     @property
     def linked(self) -> bool:
@@ -53,7 +54,7 @@ class Router:
     @property
     def relaying(self) -> bool:
         """Whether any peer is reached through a relay (entries need translating)."""
-        return any(target != address for address, target in self._target.items())
+        return self._relaying  # asked at every pass: kept by update(), not a walk over the peers
 
     def target(self, address: str) -> str:
         return self._target.get(address, address)
@@ -118,6 +119,7 @@ class Router:
             self._stable.pop(address, None)
             self._set_at.pop(address, None)
         self.routes = routes
+        self._relaying = any(target != address for address, target in self._target.items())
         for peer in set(self.changed_at) - set(routes):
             del self.changed_at[peer]
         return changed

@@ -416,3 +416,24 @@ def test_with_many_peers_a_link_waits_as_many_periods_as_intervals_before_going_
     assert up(p, "b")  # three periods (15 s), not 0.6 s: a hello comes only every 5 s
     p._expire(15.1)
     assert not up(p, "b")
+
+
+def test_an_echo_that_only_refines_an_rtt_leaves_the_snapshot_and_the_up_set_as_they_were():
+    """The agent reads up_peers() at every pass and snapshot() when routing: with thousands of peers
+    neither may be rebuilt for each of the hundreds of echoes a second that change nothing."""
+    clock = [0.0]
+    p = Prober("a", A, interval=0.1, clock=lambda: clock[0])
+    p.set_peers({"b": B, "c": C})
+    for seq, at in ((1, 0.0), (2, 0.1), (3, 0.2)):
+        clock[0] = at
+        p._send_due(_Sent(), at)
+        clock[0] = at + 0.01
+        p._heard(Hello(ECHO, seq, 0, "b", seq, int(at * 1e9), 0), B)
+        if seq == 2:
+            assert up(p, "b") and not up(p, "c")
+            view, ups = p.snapshot(), p.up_peers()
+            assert ups == {"b"}
+    assert p.stats.echoes == 3
+    assert p.snapshot() is view and p.up_peers() is ups
+    p._expire(10.0)  # no echo since: b goes down
+    assert p.up_peers() == frozenset() and not p.snapshot()["b"].up
