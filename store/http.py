@@ -257,6 +257,15 @@ class HttpStore(OneKeyWrites):
     def revoke_lease(self, lease_id: int) -> None:
         self._post("/v3/lease/revoke", {"ID": str(lease_id)})
 
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh the lease once; returns its TTL (<= 0: the lease is gone, grant a new one). The
+        gateway answers the one request of a LeaseKeepAlive stream and ends it."""
+        data = self._post("/v3/lease/keepalive", {"ID": str(lease_id)})
+        if "error" in data:
+            error = data["error"]
+            raise StoreError(f"store refused a keep-alive of lease {lease_id:x}: {error.get('message', error)}")
+        return int((data.get("result") or {}).get("TTL", 0))
+
     def endpoint_status(self, endpoint: str, *, timeout: float = 0.5) -> dict | None:
         """One member's own view (/v3/maintenance/status: its ID, the leader's ID, revision, raft
         index, errors), or None when it does not answer within timeout."""

@@ -165,3 +165,13 @@ def test_a_list_larger_than_one_page_is_whole_and_of_one_revision(store, monkeyp
     kvs, revision = raw.list(p)
     assert [kv.key for kv in kvs] == [f"{p}k{i:02d}" for i in range(30)]
     assert revision >= max(kv.mod_revision for kv in kvs)
+
+
+def test_a_keepalive_refreshes_a_live_lease_and_says_zero_for_a_gone_one(store):
+    raw, p = store
+    lease = raw.grant_lease(10)
+    raw.put(p + "leased", b"1", lease=lease)
+    assert 0 < raw.keepalive(lease) <= 10
+    raw.revoke_lease(lease)
+    assert raw.keepalive(lease) <= 0
+    assert raw.get(p + "leased") is None
