@@ -1,16 +1,72 @@
-"""Lab fixtures: hosts are namespaces on a switch namespace, with real etcd and real Docker; and the
-generator of docs/reliability.md."""
+"""Lab fixtures: hosts are namespaces on a switch namespace, with real etcd and real Docker; a throwaway
+etcd for the store tests; and the generator of docs/reliability.md."""
 
 import dataclasses
 import datetime
 import os
 import platform
+import shutil
+import socket
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from pyweave_lab import Lab, ensure_test_image, leftovers
+from store.errors import StoreError
+from store.http import HttpStore
+
+# -- a throwaway etcd: the store tests' (test_store, test_watch_requests), one per module -----------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Etcd:
+    """A throwaway single-member etcd on loopback, in a temporary data directory."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="pyweave-store-test-")
+        self.client, self.peer = _free_port(), _free_port()
+        self.url = f"http://127.0.0.1:{self.client}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["etcd", "--data-dir", self.dir, "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
+             "--initial-cluster", f"default=http://127.0.0.1:{self.peer}", "--log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                HttpStore([self.url], timeout=0.5).revision()
+                return
+            except StoreError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    server = Etcd()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

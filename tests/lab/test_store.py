@@ -5,69 +5,16 @@ watches from a revision, `Compacted` behind a compaction, one `StoreUnavailable`
 from __future__ import annotations
 
 import queue
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
 
-from store.errors import Compacted, StoreError, StoreUnavailable
+from store.errors import Compacted, StoreUnavailable
 from store.etcd import EtcdStore
 from store.http import HttpStore
 from store.raw import WatchBatch
 
 pytestmark = pytest.mark.lab
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Etcd:
-    """A throwaway single-member etcd on loopback, in a temporary data directory."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="pyweave-store-test-")
-        self.client, self.peer = _free_port(), _free_port()
-        self.url = f"http://127.0.0.1:{self.client}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["etcd", "--data-dir", self.dir, "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
-             "--initial-cluster", f"default=http://127.0.0.1:{self.peer}", "--log-level", "error"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                HttpStore([self.url], timeout=0.5).revision()
-                return
-            except StoreError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    server = Etcd()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.fixture(params=["grpc", "http"])

@@ -11,7 +11,6 @@ that lag made certain; the client's timeout is short so that the test is quick."
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 import time
@@ -19,7 +18,6 @@ from collections import Counter
 
 import pytest
 from polling import wait_for
-from test_store import Etcd
 
 from pyweave.watcher import StoreWatcher
 from store.errors import StoreUnavailable
@@ -30,15 +28,6 @@ pytestmark = pytest.mark.lab
 
 PREFIX = "/test-watch-requests/"
 RELIST_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    server = Etcd()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
 
 
 def eventually(condition, timeout: float) -> bool:
