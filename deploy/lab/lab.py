@@ -177,13 +177,18 @@ class Lab:
     def kill_host(self, host: LabHost | int) -> None:
         """A host dies: every process in its namespace is killed and the namespace is removed."""
         h = self.host(host) if isinstance(host, int) else host
-        for pid in sh("ip", "netns", "pids", h.name, check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        # Killed again until none is left: a supervisor killed a moment after its child may have
+        # started it again meanwhile, and one process left keeps the namespace, its link and its
+        # sockets alive after `ip netns del` (the host would not be dead at all).
         deadline = time.monotonic() + 5
-        while sh("ip", "netns", "pids", h.name, check=False).stdout.strip() and time.monotonic() < deadline:
+        while pids := sh("ip", "netns", "pids", h.name, check=False).stdout.split():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"host {h.name}: processes {' '.join(pids)} still alive 5 s after SIGKILL")
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             time.sleep(0.05)
         sh("ip", "netns", "del", h.name, check=False)
 
