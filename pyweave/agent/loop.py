@@ -180,8 +180,13 @@ class Agent:
             # stay as they were while the probes find their answers again.
             with self.view.lock:
                 mine = self.view.links.get(self.me)
+                alive = {n: rec.address for n, rec in self.view.hosts.items() if n != self.me and rec.state == "alive"}
             self.prober.seed(mine or {})
             self.publisher.seed_links(mine)
+            # Its peers before its socket: bound, it silences the kernel's ICMP answers that kept the
+            # peers' links up while this agent was away, and a hello from a peer it does not know yet
+            # goes unanswered; the first pass (which sets them too) may be a while.
+            self.prober.set_peers(alive)
             threading.Thread(target=self.prober.run, args=(self.stop_event,), name="prober", daemon=True).start()
         if self.state.dir.is_dir():
             self.state.dir.joinpath("ready").write_text(str(self._pid()))

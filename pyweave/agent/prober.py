@@ -7,9 +7,13 @@ the way BFD's control packets carry the other side's state. So one packet each w
 measures both directions: an echo of one of this host's hellos proves a round trip (RTT = now -
 echoed sent_ns - held time, the peer's clock used only for a duration); no echo with news for
 `down_after` takes the link down, whichever direction broke. A link is **up** after 2 echoes of
-consecutive sequence numbers; a link never answered is down. A hello from a host whose link is not
-(yet) up asks for an answer at once (flag ANSWER), which is a hello that asks nothing itself: a
-link comes up within an interval or two, and two hosts never answer each other in a loop.
+consecutive sequence numbers; a link never answered is down. A hello is answered at once (by a
+hello of the answerer's, repeating its last seq) when it asks (flag ANSWER: the sender's link is not
+up yet) or when it echoes nothing (its sender has heard nothing from this host: it just started, or
+restarted). Such an answer asks back only in the second case, so that the starting host answers at
+once too and its peers get their news within a round trip, not an interval later; an answer always
+echoes, so answers end after two: a link comes up within an interval or two, and an agent restart
+does not leave its peers without news for longer than the ICMP answers of its kernel kept them.
 
 Against a ping answered by a pong from both sides (4 packets a peer a interval: 2 sent, 2 received,
 each a system call and a Python wake-up), a hello is 2; with the longer interval (0.2 s, down after
@@ -472,7 +476,8 @@ class Prober:
 
     def _heard(self, hello: Hello, src: str) -> tuple[bytes | None, bool]:
         """A hello came from `src`: remember it (for the echo in the next hello), take the news its
-        echo brings, and build the answer it asks for. Returns (answer to send or None, notify)."""
+        echo brings, and build the answer it asks for (or that a hello echoing nothing needs).
+        Returns (answer to send or None, notify)."""
         now = self.clock()
         with self._lock:
             peer = self._peers.get(hello.sender)
@@ -482,8 +487,11 @@ class Prober:
             self.stats.hellos_received += 1
             peer.heard, peer.heard_at = hello, now
             notify = self._echoed(hello.sender, peer, hello, now) if hello.echo else False
-            # an answer never asks for one: two hosts that both see the link down do not loop
-            answer = self._hello(peer, now, scheduled=False) if hello.answer else None
+            # Answered at once when asked, or when the sender has heard nothing from here (it gets no
+            # news from its own hellos until it echoes one of ours: ask it to, now). An answer echoes
+            # this hello, so it never draws an answer that asks again: at most two answers in a row.
+            fresh = not hello.echo
+            answer = self._hello(peer, now, scheduled=False, answer=fresh) if hello.answer or fresh else None
         return answer, notify
 
     def _echoed(self, name: str, peer: _Peer, hello: Hello, now: float) -> bool:

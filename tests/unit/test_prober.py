@@ -392,17 +392,22 @@ def test_the_snapshot_is_built_again_only_after_a_change():
     assert p.snapshot() is not first and len(p.snapshot()) == 99
 
 
-def test_a_hello_asking_for_an_answer_gets_one_that_asks_for_none():
+def test_hellos_are_answered_when_they_ask_or_echo_nothing_and_answers_end():
     clock = [0.0]
     p = Prober("a", A, interval=0.1, clock=lambda: clock[0])
     p.set_peers({"b": B})
     clock[0] = 1.0
+    # b (re)started: its hello echoes nothing. a answers at once, and asks back, so that b's answer
+    # brings a its news now (a's own hellos would be echoed only an interval later).
     answer, _notify = p._heard(Hello(ANSWER, 41, 7_000, "b"), B)
-    assert answer is not None
-    got = decode(answer)
-    assert got is not None and got.echo and not got.answer  # never a loop of answers
+    got = decode(answer) if answer is not None else None
+    assert got is not None and got.echo and got.answer
     assert (got.echo_seq, got.echo_sent_ns, got.held_us) == (41, 7_000, 0)
-    assert p._heard(Hello(ECHO, 42, 8_000, "b", got.seq, got.sent_ns, 0), B)[0] is None
+    # b's answer echoes a's: asked, a answers again, but asks nothing (it echoes something)
+    answer, _notify = p._heard(Hello(ECHO | ANSWER, 41, 8_000, "b", got.seq, got.sent_ns, 0), B)
+    again = decode(answer) if answer is not None else None
+    assert again is not None and again.echo and not again.answer  # so b answers no more: no loop
+    assert p._heard(Hello(ECHO, 42, 9_000, "b", again.seq, again.sent_ns, 0), B)[0] is None  # a steady hello
     assert p._heard(Hello(ANSWER, 1, 1, "b"), "127.0.0.9") == (None, False)  # b's name, not b's address
 
 
