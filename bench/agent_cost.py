@@ -161,7 +161,8 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
     table.add("RSS during churn (max of samples)", f"{rss_peak:.1f} MB")
     table.add("RSS peak since start (VmHWM)", f"{hwm:.1f} MB")
     table.add(f"CPU idle ({idle_window:.0f} s window)", f"{idle_cpu:.2f} % of a core")
-    table.add("... of which the link prober's thread (probes 10/s to each of the other hosts)", f"{idle_prober:.2f} % of a core")
+    table.add(f"... of which the link prober's thread (a hello every {PROBE_INTERVAL_S} s to each of the other hosts)",
+              f"{idle_prober:.2f} % of a core")
     table.add("... the rest of the agent", f"{idle_cpu - idle_prober:.2f} % of a core")
     table.add(f"CPU during churn ({churn_window:.0f} s window, {events} endpoint events)", f"{churn_cpu:.1f} % of a core")
     table.add("CPU per endpoint event during churn", f"{cpu_ms_per_event:.1f} ms")
