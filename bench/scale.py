@@ -50,7 +50,7 @@ from dataplane.api import Underlay
 from pyweave.agent import Agent
 from pyweave.host import HostConfig, HostState
 from pyweave.plan import plan_host
-from pyweave.watcher import StoreWatcher
+from pyweave.watcher import RELIST_JITTER, StoreWatcher
 from store.addresses import OverlayAddress, OverlaySubnet
 from store.cluster import Cluster
 from store.etcd import EtcdStore
@@ -665,12 +665,14 @@ def run(ctx: BenchContext) -> SectionResult:
         kinds.add("`pyweave run`'s transaction (claim and attachment; counted, not measured)",
                   fmt(CLI_REQUESTS, 2), CLI_REQUESTS * big.burst)
         relists = big.periodic_relist_requests()
-        kinds.add(f"of the lists: the periodic re-list of each host's watcher (every {RELIST_INTERVAL_S:g} s; "
+        kinds.add(f"of the lists: the periodic re-list of each host's watcher (every {RELIST_INTERVAL_S:g} s +- {RELIST_JITTER:.0%}; "
                   "a list each, beside the running watch), not counted in the figure",
                   fmt(relists / big.burst, 2), relists)
         retried = big.retried_requests()
+        by_method = ", ".join(f"{m} {n}" for m, n in sorted(big.retried().items()) if m not in KEEPALIVE_METHODS)
         kinds.add("attempts the etcd client made again inside one of those requests (after a timeout or a refused "
-                  "connection; keep-alives' left out), counted in the figure", fmt(retried / big.burst, 2), retried)
+                  f"connection; keep-alives' left out), counted in the figure{f': {by_method}' if by_method else ''}",
+                  fmt(retried / big.burst, 2), retried)
         for key, what in (("rewatches", "watched again after a broken stream"),
                           ("failed_starts", "started again after a start that failed (etcd unreachable or its "
                                             "answer later than the client's timeout)"),

@@ -6,7 +6,9 @@ one error and then goes silent) it watches again from the last revision it appli
 revision has been compacted it lists again, which replaces the mirror wholesale so deletions missed
 meanwhile disappear too. Every retry backs off with a cap and jitter.
 
-A periodic re-list guards against anything missed in between. It lists beside the running watch and
+A periodic re-list (every relist_interval, give or take a quarter drawn at random, so that hosts
+that listed together do not all list again in the same second) guards against anything missed in
+between. It lists beside the running watch and
 leaves the watch alone: what the watch still delivers up to the listed revision is already in the
 listing and is skipped (applied, it would set keys back to older values for a moment). Starting the
 watch anew at every re-list cost a request per host and period for nothing, and under load worse:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +38,8 @@ from typing import Any, Protocol
 from pyweave.backoff import Backoff
 from store.errors import Compacted, StoreError
 from store.raw import WatchBatch
+
+RELIST_JITTER = 0.25  # the periodic re-list comes after relist_interval x (1 +- this), drawn at random
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +121,7 @@ class StoreWatcher:
         self.sink: Sink = sink if sink is not None else Mirror()
         self._synced = threading.Event()
         self._listed_at = 0.0
+        self._relist_after = relist_interval
         self._skip_through = 0  # the revision of the last listing: a watch's changes up to it are in the sink
         self._pause = threading.Event()  # tests stop the watch to force a compaction behind it
 
@@ -142,6 +148,12 @@ class StoreWatcher:
         self.sink.replace({kv.key: (kv.value, kv.lease) for kv in kvs}, revision)
         self.stats.lists += 1
         self._listed_at = time.monotonic()
+        # The next periodic list comes after 0.75-1.25 x relist_interval, drawn anew each time:
+        # watchers that listed together (a cluster started at once, every host after an etcd
+        # restart) spread their next lists over half an interval instead of asking etcd for the
+        # whole prefix all in the same second (200 hosts' lists at once made etcd miss writes'
+        # deadlines in the control-plane benchmark).
+        self._relist_after = self.relist_interval * random.uniform(1 - RELIST_JITTER, 1 + RELIST_JITTER)
         self._skip_through = revision  # a watch running meanwhile delivers these again: skipped
         self._synced.set()
         self.on_change()
@@ -203,7 +215,7 @@ class StoreWatcher:
             if self._pause.is_set():
                 self._wait_unpaused(stop)
                 return "resume"
-            if time.monotonic() - self._listed_at > self.relist_interval:
+            if time.monotonic() - self._listed_at > self._relist_after:
                 outcome = self._relist_beside(heard or not inbox.empty())
                 if outcome:
                     return outcome
