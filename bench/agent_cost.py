@@ -23,6 +23,7 @@ from bench.procs import (
     PROBER_THREAD,
     pid_stat,
     prober_ticks,
+    prober_wakeups,
     status_fields,
     thread_ticks,
     vm_hwm_kb,
@@ -94,17 +95,18 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
     spy_out = tmp / "agent-idle.txt"
     with profiles.PySpyRecording(ctx.spawned, pid, spy_out, rate=100, gil=False) as idle_spy:
         cpu0, _rss = _sample(pid)
-        probe0, threads0 = prober_ticks(pid), thread_ticks(pid)
+        probe0, threads0, wakes0 = prober_ticks(pid), thread_ticks(pid), prober_wakeups(pid)
         t0 = time.monotonic()
         end = t0 + s.agent_idle_seconds
         while time.monotonic() < end:
             rss_idle_samples.append(_sample(pid)[1])
             time.sleep(min(0.5, max(0.0, end - time.monotonic())))
         cpu1, rss1 = _sample(pid)
-        probe1, threads1 = prober_ticks(pid), thread_ticks(pid)
+        probe1, threads1, wakes1 = prober_ticks(pid), thread_ticks(pid), prober_wakeups(pid)
         idle_window = time.monotonic() - t0
     idle_cpu = 100.0 * (cpu1 - cpu0) / CLOCK_TICKS / idle_window
     idle_prober = 100.0 * (probe1 - probe0) / CLOCK_TICKS / idle_window
+    prober_wakes = (wakes1 - wakes0) / idle_window
     rss_idle = max(rss_idle_samples + [rss1]) / 1024
     ctx.say("agent", f"idle: {idle_cpu:.2f} % of a core over {idle_window:.1f} s (the prober {idle_prober:.2f} %), "
                      f"RSS {rss_idle:.1f} MB")
@@ -163,6 +165,7 @@ def _measure(ctx: BenchContext, tmp: Path) -> SectionResult:
     table.add(f"CPU idle ({idle_window:.0f} s window)", f"{idle_cpu:.2f} % of a core")
     table.add(f"... of which the link prober's thread (a hello every {PROBE_INTERVAL_S} s to each of the other hosts)",
               f"{idle_prober:.2f} % of a core")
+    table.add("... its wake-ups (voluntary context switches of the thread)", f"{prober_wakes:.1f} a second")
     table.add("... the rest of the agent", f"{idle_cpu - idle_prober:.2f} % of a core")
     table.add(f"CPU during churn ({churn_window:.0f} s window, {events} endpoint events)", f"{churn_cpu:.1f} % of a core")
     table.add("CPU per endpoint event during churn", f"{cpu_ms_per_event:.1f} ms")

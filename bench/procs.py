@@ -145,11 +145,35 @@ def prober_ticks(pid: int) -> int:
     return thread_ticks(pid).get(PROBER_THREAD, 0)
 
 
+def prober_wakeups(pid: int) -> int:
+    """Times the agent's link prober thread went to sleep of its own accord so far (its voluntary
+    context switches: one per wake-up of its poll loop), 0 when it has none or it is not named."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != PROBER_THREAD:
+                    continue
+            return int(status_fields_of(f"/proc/{pid}/task/{tid}/status", "voluntary_ctxt_switches").get(
+                "voluntary_ctxt_switches", 0))
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
 def status_fields(pid: int, *names: str) -> dict[str, str]:
     """Fields of /proc/<pid>/status (e.g. RssAnon, RssFile, Threads), as text."""
+    return status_fields_of(f"/proc/{pid}/status", *names)
+
+
+def status_fields_of(path: str, *names: str) -> dict[str, str]:
+    """Fields of a /proc status file (a process's or one thread's), as text."""
     out = {}
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key in names:

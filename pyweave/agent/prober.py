@@ -14,6 +14,8 @@ restarted). Such an answer asks back only in the second case, so that the starti
 once too and its peers get their news within a round trip, not an interval later; an answer always
 echoes, so answers end after two: a link comes up within an interval or two, and an agent restart
 does not leave its peers without news for longer than the ICMP answers of its kernel kept them.
+("At once" when the hello is read: a prober whose links are all steady reads at its next round, at
+most an interval later, and from then on reads as hellos come; see Cost.)
 
 Against a ping answered by a pong from both sides (4 packets a peer a interval: 2 sent, 2 received,
 each a system call and a Python wake-up), a hello is 2; with the longer interval (0.2 s, down after
@@ -25,10 +27,16 @@ The agent runs `Prober.run` in a thread, feeds it the alive hosts (`set_peers`) 
 Cost: a wake-up costs what is due, never a walk over every peer. The hellos wait in a heap by due
 time and the up links in a heap by the time they would go down (a link's deadline only moves later,
 so an entry is checked when it comes up and pushed back if news came meanwhile). The thread sleeps
-in one poll() until the next due time, a packet, or a wake from `set_peers`/`close`; hellos due
-within MIN_WAIT go out together, so a few peers cost one wake-up per interval for the sends, and
-thousands of peers (say, hosts that never answer) cost about max_rate sends a second and nothing
-more. `snapshot()` is rebuilt only after a change.
+in one poll() until the next round or a wake from `set_peers`/`close`. A round sends the hellos due
+within MIN_WAIT and, unless the rate cap stretched the period, those due within half an interval
+(peers fall into one phase), reads every hello that came since (each timed by its arrival, the
+kernel's SO_TIMESTAMPNS, so a late read adds nothing to an RTT or a held time) and takes down the
+links past their deadline: while links are steady, one wake-up per interval whatever the number of
+peers. For QUICK_INTERVALS after something wants answers within a round trip (a hello that asks or
+echoes nothing, or from a peer whose link is not up, new peers) the socket is polled too and each
+hello read as it comes, and down deadlines wake the thread on time. Thousands of peers (say, hosts
+that never answer) cost about max_rate sends a second and nothing more. `snapshot()` is rebuilt
+only after a change.
 
 Wire format (network byte order):
 
@@ -71,6 +79,7 @@ RTT_SMOOTHING = 0.3  # weight of a new sample in the smoothed RTT (EWMA)
 SEQ_WINDOW = 1024  # an echo must name one of the last SEQ_WINDOW hellos sent to that peer
 MAX_WAIT = 0.5  # longest sleep: how fast run() notices the agent's `stop` (close() wakes it at once)
 MIN_WAIT = 0.02  # hellos due this soon go out with the round being sent (one wake-up for many peers)
+QUICK_INTERVALS = 3  # how long (in intervals) hellos are read as they come after something asked for it
 THREAD_NAME = "pyweave-prober"  # the kernel's name of the thread (/proc/<pid>/task/<tid>/comm)
 # A peer's kernel that answers a hello with ICMP "port unreachable" is reachable: its agent is down
 # (restarting), not the link. The kernel rate-limits those replies (a burst of 6, then 1 a second by
@@ -78,6 +87,9 @@ THREAD_NAME = "pyweave-prober"  # the kernel's name of the thread (/proc/<pid>/t
 KERNEL_ANSWER_GRACE = 1.5
 SO_EE_ORIGIN_ICMP = 2
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h (the socket module has it from 3.12 on)
+SO_TIMESTAMPNS = 35  # asm-generic/socket.h (SO_TIMESTAMPNS_OLD): each datagram's arrival, a struct timespec
+TIMESPEC = struct.Struct("@qq")
+TIMESTAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 
 
 @dataclass(frozen=True)
@@ -226,6 +238,7 @@ class Prober:
         self._notified_at = float("-inf")
         self._views: dict[str, LinkView] | None = None  # snapshot(), until something changes
         self._up: frozenset[str] | None = None  # up_peers(), until a link goes up or down
+        self._quick_until = float("-inf")  # clock time until which run() reads each hello as it comes
         self._closed = threading.Event()
         self._sock: socket.socket | None = None
         self._wake_fd: int | None = None  # write end of the pipe run() polls with the socket
@@ -249,6 +262,8 @@ class Prober:
                 seed = self._seeded.get(name)
                 if seed is not None:
                     self._apply_seed(name, peer, seed, now)
+            if new:
+                self._hurry(now)
             if changed or new:
                 self._dirty = True
                 self._views = self._up = None
@@ -306,8 +321,8 @@ class Prober:
             return
         wake_r, self._wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         poller = select.poll()
-        poller.register(sock, select.POLLIN)  # POLLERR (the ICMP error queue) comes unasked
         poller.register(wake_r, select.POLLIN)
+        listening = False  # the socket is in the poll set (quick mode); POLLERR would come unasked
         try:
             with self._lock:
                 now = self.clock()
@@ -316,24 +331,27 @@ class Prober:
                         peer.last_news = now  # the seed counts from when probing starts
             self._notify_if_due()
             while not (stop.is_set() or self._closed.is_set()):
+                self._receive(sock)  # what came since the last wake-up, each at its arrival time
+                self._kernel_answers(sock)
                 now = self.clock()
-                self._send_due(sock, now)
                 self._expire(now)
+                self._send_due(sock, now)
                 self._notify_if_due()
-                timeout = min(self._next_wakeup(now) - self.clock(), MAX_WAIT)
+                quick = self._quick_until > now
+                if quick != listening:
+                    if quick:
+                        poller.register(sock, select.POLLIN)
+                    else:
+                        poller.unregister(sock)
+                    listening = quick
+                timeout = min(self._next_wakeup(now, quick=quick) - self.clock(), MAX_WAIT)
                 try:
                     events = poller.poll(max(timeout, 0.0) * 1000)
                 except (OSError, ValueError):
                     break  # the socket was closed under us
                 self.wakeups += 1
-                for fd, mask in events:
-                    if fd == wake_r:
-                        _drain(wake_r)
-                        continue
-                    if mask & select.POLLERR:
-                        self._kernel_answers(sock)
-                    if mask & select.POLLIN:
-                        self._receive(sock)
+                if any(fd == wake_r for fd, _mask in events):
+                    _drain(wake_r)
         finally:
             self.bound.clear()
             self._sock = None
@@ -359,6 +377,7 @@ class Prober:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # ICMP errors, with their address
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # read late, timed right
                 sock.bind((self.address, self.port))
                 sock.setblocking(False)
             except OSError as e:
@@ -385,10 +404,18 @@ class Prober:
         down_after = self.down_after * self._period(len(self._peers)) / self.interval
         return max(peer.last_news + down_after, peer.kernel_seen + KERNEL_ANSWER_GRACE)
 
-    def _next_wakeup(self, now: float) -> float:
+    def _next_wakeup(self, now: float, *, quick: bool = True) -> float:
+        """The next hello due; in quick mode also the next down deadline (else deadlines are
+        looked at with the hellos: a link goes down at most a period after its deadline)."""
         with self._lock:
-            times = [heap[0][0] for heap in (self._hellos, self._deadlines) if heap]
+            heaps = (self._hellos, self._deadlines) if quick or not self._hellos else (self._hellos,)
+            times = [heap[0][0] for heap in heaps if heap]
         return min(times, default=now + MAX_WAIT)
+
+    def _hurry(self, now: float) -> None:
+        """With the lock held: something wants answers within a round trip (a link coming up, a
+        peer that asked): read every hello as it comes for QUICK_INTERVALS intervals."""
+        self._quick_until = max(self._quick_until, now + QUICK_INTERVALS * self.interval)
 
     def _hello(self, peer: _Peer, now: float, *, scheduled: bool, answer: bool = False) -> bytes:
         """With the lock held: a hello to `peer`, echoing what was heard. A scheduled one takes the
@@ -408,12 +435,21 @@ class Prober:
         with self._lock:
             period = self._period(len(self._peers))
             hellos, peers = self._hellos, self._peers
-            while hellos and hellos[0][0] <= now + MIN_WAIT:
+            if not hellos or hellos[0][0] > now + MIN_WAIT:
+                return
+            # A round is due. Unless the rate cap stretched the period, hellos due within half an
+            # interval come along: peers that became known at different times fall into one phase
+            # after two rounds, and the thread wakes once an interval for all of them.
+            align = period <= self.interval
+            horizon = now + (self.interval / 2 if align else MIN_WAIT)
+            while hellos and hellos[0][0] <= horizon:
                 _due, _order, name, peer = heapq.heappop(hellos)
                 if peers.get(name) is not peer:
                     continue  # forgotten, or started over
-                # keep the phase; a peer far behind (a stalled thread) starts again from now
-                peer.due = peer.due + period if peer.due + period > now else now + period
+                # keep the phase (a hello pulled in early takes the round's); a peer far behind (a
+                # stalled thread) starts again from now
+                early = align and peer.due > now
+                peer.due = now + period if early or peer.due + period <= now else peer.due + period
                 heapq.heappush(hellos, (peer.due, next(self._order), name, peer))
                 # a link not up (or only seeded) asks to be answered at once
                 sends.append((peer.address, self._hello(peer, self.clock(), scheduled=True, answer=not peer.up or peer.seeded)))
@@ -454,31 +490,41 @@ class Prober:
                         self.stats.kernel_answers += 1
 
     def _receive(self, sock: socket.socket) -> None:
+        """Read what is queued. A hello counts from when it arrived (the kernel's time stamp), not
+        from when it is read: between rounds hellos wait in the socket, and an RTT or a held time
+        measured from the read would add that wait."""
+        wall, now = time.time(), self.clock()
         for _ in range(1024):  # drain what is queued, but come back to sending in time
             try:
-                data, (src, _port) = sock.recvfrom(2048)
+                data, ancdata, _flags, (src, _port) = sock.recvmsg(2048, TIMESTAMP_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # an ICMP error reported on the socket: nothing to read
                 continue
+            at = now
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= TIMESPEC.size:
+                    sec, nsec = TIMESPEC.unpack_from(payload)
+                    at = now - min(max(wall - (sec + nsec * 1e-9), 0.0), 60.0)
             hello = decode(data)
             if hello is None:
                 self.stats.malformed += 1
                 continue
             if self.drop is not None and self.drop(hello):
                 continue
-            answer, notify = self._heard(hello, src)
+            answer, notify = self._heard(hello, src, at)
             if answer is not None and self._sendto(sock, answer, src):
                 self.stats.hellos_sent += 1
                 self.stats.answers_sent += 1
             if notify:
                 self._notify()
 
-    def _heard(self, hello: Hello, src: str) -> tuple[bytes | None, bool]:
-        """A hello came from `src`: remember it (for the echo in the next hello), take the news its
-        echo brings, and build the answer it asks for (or that a hello echoing nothing needs).
-        Returns (answer to send or None, notify)."""
-        now = self.clock()
+    def _heard(self, hello: Hello, src: str, at: float | None = None) -> tuple[bytes | None, bool]:
+        """A hello came from `src` at clock time `at` (now if not given): remember it (for the echo
+        in the next hello), take the news its echo brings, and build the answer it asks for (or that
+        a hello echoing nothing needs). Returns (answer to send or None, notify)."""
+        sending = self.clock()
+        now = sending if at is None else at
         with self._lock:
             peer = self._peers.get(hello.sender)
             if peer is None or peer.address != src:
@@ -491,7 +537,9 @@ class Prober:
             # news from its own hellos until it echoes one of ours: ask it to, now). An answer echoes
             # this hello, so it never draws an answer that asks again: at most two answers in a row.
             fresh = not hello.echo
-            answer = self._hello(peer, now, scheduled=False, answer=fresh) if hello.answer or fresh else None
+            answer = self._hello(peer, sending, scheduled=False, answer=fresh) if hello.answer or fresh else None
+            if answer is not None or not peer.up or peer.seeded:
+                self._hurry(sending)  # a link coming up (either side): answers within a round trip
         return answer, notify
 
     def _echoed(self, name: str, peer: _Peer, hello: Hello, now: float) -> bool:

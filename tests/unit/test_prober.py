@@ -203,6 +203,27 @@ def test_a_steady_link_costs_one_hello_each_way_per_interval(probers):
     assert up(a, "b") and up(b, "a")
 
 
+def test_steady_links_cost_one_wake_up_per_interval_and_keep_true_rtts(probers):
+    """Once every link is up, hellos wait in the socket and are read with the next round: one
+    wake-up an interval whatever the number of peers (it was one per hello heard, and one per
+    round sent). The RTT still counts from each hello's arrival (the kernel's time stamp), not
+    from when it was read: read late, a loopback RTT would show most of an interval."""
+    addresses = {"a": A, "b": B, "c": C, "d": "127.0.0.4"}
+    started = {name: probers.start(name, address, {n: x for n, x in addresses.items() if n != name})
+               for name, address in addresses.items()}
+    wait_for(lambda: all(up(p, n) for name, p in started.items() for n in addresses if n != name),
+             timeout=5, message="every link up")
+    a = started["a"]
+    # quick mode (hellos read as they come) ends QUICK_INTERVALS after the last link came up
+    wait_for(lambda: a._quick_until < a.clock(), timeout=5, message="a's prober out of quick mode")
+    wakeups, sent = a.wakeups, a.stats.hellos_sent
+    wait_for(lambda: a.stats.hellos_sent >= sent + 3 * 20, timeout=5, message="twenty rounds")
+    assert a.wakeups - wakeups <= 20 + 4, (a.wakeups - wakeups, a.stats)  # 3 peers: was 3 + 1 a round
+    rtts = {n: peer.rtt_ms for n, peer in a._peers.items()}  # smoothed; snapshot() shows it as last published
+    assert all(r is not None and r < 1000 * INTERVAL / 5 for r in rtts.values()), rtts
+    assert all(up(p, n) for name, p in started.items() for n in addresses if n != name)
+
+
 def test_up_needs_echoes_in_a_row(probers):
     a = probers.start("a", A, {"b": B})
     b = probers.start("b", B, {"a": A})
