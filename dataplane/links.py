@@ -26,14 +26,13 @@ All calls act in the network namespace of the socket: the process's, or the name
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dataplane.neighbours import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, netlink_messages, route_socket
+from dataplane.neighbours import NLM_F_DUMP, NLM_F_REQUEST, netlink_request, route_socket
 
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
@@ -215,22 +214,5 @@ class LinkReader:
 
     def _request(self, kind: int, flags: int, body: bytes, answer: int, parse: Callable[[bytes], _T]) -> list[_T]:
         self._seq += 1
-        seq = self._seq
-        self.sock.send(_HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body)
-        out: list[_T] = []
-        while True:
-            data = self.sock.recv(1 << 20)
-            for msg_kind, _flags, msg_seq, payload in netlink_messages(data):
-                if msg_seq != seq:
-                    continue  # an answer to an earlier request given up on (an error midway)
-                if msg_kind == NLMSG_DONE:
-                    return out
-                if msg_kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code:
-                        raise OSError(code, os.strerror(code))
-                    return out
-                if msg_kind == answer:
-                    out.append(parse(payload))
-                    if not flags & NLM_F_DUMP:
-                        return out
+        message = _HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | flags, self._seq, 0) + body
+        return netlink_request(self.sock, self._seq, message, answer, parse, dump=bool(flags & NLM_F_DUMP))

@@ -27,8 +27,9 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 NETLINK_ROUTE = 0
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
@@ -42,6 +43,7 @@ NTF_SELF = 0x02
 AF_BRIDGE = 7
 
 _HDR = struct.Struct("=IHHII")
+_T = TypeVar("_T")
 _NDMSG = struct.Struct("=BBHiHBB")
 _ATTR = struct.Struct("=HH")
 BATCH = 512  # messages per send: well inside the socket buffers set below
@@ -189,23 +191,35 @@ class Neighbours:
 
     def _dump(self, family: int) -> list[Entry]:
         self._seq += 1
-        seq = self._seq
-        self.sock.send(_message(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0, 0, 0, b""))
-        out: list[Entry] = []
-        while True:
-            data = self.sock.recv(1 << 20)
-            for kind, _flags, msg_seq, payload in netlink_messages(data):
-                if msg_seq != seq:
-                    continue
-                if kind == NLMSG_DONE:
+        message = _message(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, self._seq, family, 0, 0, 0, b"")
+        return netlink_request(self.sock, self._seq, message, RTM_NEWNEIGH, lambda p: _entry(p, family), dump=True)
+
+
+def netlink_request(sock: socket.socket, seq: int, message: bytes, answer: int, parse: Callable[[bytes], _T], *,
+                    dump: bool) -> list[_T]:
+    """Send one request (`message`, its header carrying `seq`) and collect its answers of type
+    `answer`, parsed: every one of a dump, the one of a get. Messages of other seqs (answers to a
+    request given up on midway) are skipped; an error answer raises OSError."""
+    sock.send(message)
+    out: list[_T] = []
+    while True:
+        data = sock.recv(1 << 20)
+        for kind, _flags, msg_seq, payload in netlink_messages(data):
+            if msg_seq != seq:
+                continue
+            if kind == NLMSG_DONE:
+                return out
+            if kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", payload)[0]
+                if code:
+                    raise OSError(code, os.strerror(code))
+                if not dump:
                     return out
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code:
-                        raise OSError(code, os.strerror(code))
-                    continue
-                if kind == RTM_NEWNEIGH:
-                    out.append(_entry(payload, family))
+                continue
+            if kind == answer:
+                out.append(parse(payload))
+                if not dump:
+                    return out
 
 
 def _harmless(what: str, code: int) -> bool:
