@@ -2,7 +2,7 @@
 
 import sys
 
-from pyweave.agent import main
+from pyweave.agent.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

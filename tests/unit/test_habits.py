@@ -38,10 +38,11 @@ def test_import_contracts_are_kept():
     assert "0 broken" in r.stdout
 
 
-def test_the_cli_loads_no_kernel_etcd_or_docker_client():
+def test_the_cli_loads_no_kernel_etcd_or_docker_client_nor_the_agent():
     probe = (
         "import sys, pyweave.cli, pyweave.cli.base as b, store.http; "
-        "print(' '.join(sorted(m for m in ('pyroute2', 'grpc', 'pyetcd', 'docker', 'requests') if m in sys.modules)))"
+        "print(' '.join(sorted(m for m in ('pyroute2', 'grpc', 'pyetcd', 'docker', 'requests', 'pyweave.agent.loop') "
+        "if m in sys.modules)))"
     )
     r = _run(sys.executable, "-c", probe)
     assert r.returncode == 0, r.stderr
