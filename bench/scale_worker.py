@@ -57,12 +57,13 @@ class Worker:
     def __init__(self, config: dict) -> None:
         self.config = config
         self.vni = config["vni"]
-        self.shared = EtcdStore([config["store"]], timeout=10.0) if config["client"] == "shared" else None
+        self.shared = EtcdStore([config["store"]], timeout=config["client_timeout"]) if config["client"] == "shared" else None
         self.agents: list[TimedAgent] = []
         self.dataplanes: list[RecordingDataplane] = []
         self.stores: list[CountingStore] = []
         for h in config["hosts"]:
-            raw = CountingStore(self.shared or EtcdStore([config["store"]], timeout=10.0))
+            raw = CountingStore(self.shared or EtcdStore([config["store"]], timeout=config["client_timeout"]),
+                               slow_s=config["slow_s"])
             dp = RecordingDataplane()
             agent = TimedAgent(
                 config=HostConfig(
@@ -106,6 +107,8 @@ class Worker:
                 "sink_failures": a.watcher.stats.errors.count("sink failed"),
                 "calls": s.counts(),
                 "retried": dict(getattr(s.inner, "retried", {})) if first_of_client[id(s.inner)] is s else {},
+                "slow": s.slow_counts(),
+                "slowest": s.take_slowest(),
             }
             for a, s in zip(self.agents, self.stores, strict=True)
         ]
@@ -159,6 +162,8 @@ class Worker:
             calls.subtract(before["calls"])
             retried = Counter(after["retried"])
             retried.subtract(before["retried"])
+            slow = Counter(after["slow"])
+            slow.subtract(before["slow"])
             out.append({
                 "name": after["name"],
                 "reconciles": after["reconciles"] - before["reconciles"],
@@ -176,6 +181,8 @@ class Worker:
                 "silent_restarts": after["silent_restarts"] - before["silent_restarts"],
                 "calls": {k: v for k, v in calls.items() if v},
                 "retried": {k: v for k, v in retried.items() if v},
+                "slow": {k: v for k, v in slow.items() if v},
+                "slowest": after["slowest"],  # since the mark (taking it there started it over)
                 "reached_at": dp.reached_at,
                 "remote": dp.remote_count(self.vni),
             })

@@ -174,10 +174,13 @@ def _label(method: str, args: tuple) -> str:
 class CountingStore:
     """Forwards everything to a store.etcd.EtcdStore (or anything alike), counting calls by name."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner, *, slow_s: float = 3.0) -> None:
         self._inner = inner
         self._lock = threading.Lock()
         self.calls: Counter = Counter()
+        self.slow_s = slow_s
+        self.slow: Counter = Counter()  # calls that took longer than slow_s, by label
+        self.slowest = 0.0  # seconds, the slowest call since take_slowest()
 
     @property
     def inner(self):
@@ -189,6 +192,16 @@ class CountingStore:
         with self._lock:
             return dict(self.calls)
 
+    def slow_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.slow)
+
+    def take_slowest(self) -> float:
+        """The slowest call's seconds since the last take (and start over)."""
+        with self._lock:
+            slowest, self.slowest = self.slowest, 0.0
+            return slowest
+
     def __getattr__(self, name: str):
         attr = getattr(self._inner, name)
         if not callable(attr):
@@ -198,7 +211,16 @@ class CountingStore:
             label = _label(name, args)
             with self._lock:
                 self.calls[label] += 1
-            return attr(*args, **kwargs)
+            t0 = time.monotonic()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                took = time.monotonic() - t0
+                if name != "watch":  # a watch call returns its handle at once; what it delivers is not timed
+                    with self._lock:
+                        self.slowest = max(self.slowest, took)
+                        if took > self.slow_s:
+                            self.slow[label] += 1
 
         return counted
 
