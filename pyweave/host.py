@@ -133,9 +133,7 @@ class HostState:
 
     def save(self, config: HostConfig) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(config), indent=2))
-        tmp.replace(self.config_path)
+        write_atomically(self.config_path, json.dumps(asdict(config), indent=2).encode())
 
     def load_or_create(self, *, name: str | None = None) -> HostConfig:
         """The persisted identity, or a new one: the VTEP MAC is made once and kept for good."""
@@ -169,6 +167,21 @@ class HostState:
 
     def write_lease(self, lease_id: int) -> None:
         self.lease_path.write_text(str(lease_id))
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write a file whole or not at all: a temporary file of its own (the agent and a command may
+    write the same file at once: with one shared temporary name, one's rename took the other's file
+    away), with `mode` from its creation, renamed into place."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def pid_alive(pid: int) -> bool:

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-from pyweave.host import HostState, pid_alive, stop_process
+from pyweave.host import HostState, pid_alive, stop_process, write_atomically
 
 log = logging.getLogger("pyweave.agent")
 
@@ -88,12 +88,7 @@ class TunnelPaths:
 def save_secret(state: HostState, secret: bytes) -> None:
     """The cluster's secret, readable by root only (the tunnel process reads it at start)."""
     state.dir.mkdir(parents=True, exist_ok=True)
-    path = TunnelPaths(state).secret
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
-    tmp.replace(path)
+    write_atomically(TunnelPaths(state).secret, secret, mode=0o600)
 
 
 def tunnel_pid(state: HostState) -> int | None:
@@ -136,9 +131,7 @@ class TunnelKeeper:
         }
 
     def _write_config(self) -> None:
-        tmp = self.paths.config.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._config(), indent=2, sort_keys=True))
-        tmp.replace(self.paths.config)
+        write_atomically(self.paths.config, json.dumps(self._config(), indent=2, sort_keys=True).encode())
 
     def ensure_running(self, *, force: bool = False) -> None:
         """Start the tunnel if it does not run (checked at most once a CHECK_INTERVAL)."""

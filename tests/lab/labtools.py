@@ -73,12 +73,29 @@ def transit_rx(lab: Lab, host: int) -> int:
     return total
 
 
+def agent_log_tail(lab: Lab, host: int, lines: int = 80) -> str:
+    log = lab.state_dir(host) / "agent.log"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no agent log)"
+
+
+def host_view(lab: Lab, host: int) -> str:
+    """What a host knows, for a failed test's message: `pyweave status` and its connections (routes),
+    the kernel's FDB and neighbour entries of its pyweave devices, and its agent log's tail."""
+    parts = []
+    for argv in (("pyweave", "status"), ("pyweave", "status", "connections")):
+        r = lab.pyweave(host, *argv[1:])
+        parts.append(f"$ {' '.join(argv)} (rc {r.returncode})\n{r.stdout}{r.stderr}")
+    for argv in (("bridge", "fdb", "show"), ("ip", "neigh", "show")):
+        r = lab.exec(host, *argv)
+        parts.append(f"$ {' '.join(argv)}\n{r.stdout}")
+    parts.append(f"agent log of host {host}:\n{agent_log_tail(lab, host)}")
+    return "\n".join(parts)
+
+
 def run_container(lab: Lab, host: int, *args: str) -> str:
     r = lab.pyweave(host, "run", *args)
     if r.returncode != 0:
-        log = lab.state_dir(host) / "agent.log"
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:]) if log.exists() else "(no agent log)"
-        pytest.fail(f"pyweave run {' '.join(args)} failed: {r.stderr}\nagent log of host {host}:\n{tail}")
+        pytest.fail(f"pyweave run {' '.join(args)} failed: {r.stderr}\nagent log of host {host}:\n{agent_log_tail(lab, host)}")
     cid = r.stdout.strip()
     assert len(cid) == 64, r.stdout
     return cid

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from labtools import TARGETS, ping, record, run_container, wait_for
+from labtools import TARGETS, host_view, ping, record, run_container, wait_for
 
 from pyweave.agent.membership import MEMBER_GRACE
 from pyweave.host import pid_alive
@@ -273,7 +273,8 @@ def test_quorum_lost_for_good_is_recovered_with_store_recover():
         rejoined = time.monotonic() - recovered
         a = run_container(lab, 0, "10.133.0.2/24", "busybox", "sleep", "3600")
         b = run_container(lab, live, "10.133.0.3/24", "busybox", "sleep", "3600")
-        assert ping(a, "10.133.0.3") and ping(b, "10.133.0.2") and ping(b, "10.133.0.1")
+        for cid, ip, host in ((a, "10.133.0.3", 0), (b, "10.133.0.2", live), (b, "10.133.0.1", live)):
+            assert ping(cid, ip), f"no reply to {ip} from host {host}'s container\n{host_view(lab, host)}"
         assert before[:12] in lab.pyweave(0, "ps").stdout  # its records survived the recovery
         print(f"store recovered from one member; the live host joined it {rejoined:.1f} s after store-recover")
         prefix = lab.prefix

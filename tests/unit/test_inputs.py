@@ -184,6 +184,25 @@ def test_a_saved_configuration_that_is_not_one_is_a_message(tmp_path, text):
         HostState(tmp_path).load()
 
 
+def test_the_configuration_saved_by_two_processes_at_once_is_one_of_theirs(tmp_path):
+    """The agent (new store endpoints) and a command (`store-recover`) may save at the same moment:
+    with one shared temporary file, one's rename took the other's away (FileNotFoundError, seen in
+    the lab). Two processes save 200 times each; neither fails and the file is always whole."""
+    HostState(tmp_path).save(HostState(tmp_path).load_or_create(name="h1"))
+    script = (
+        "import sys, dataclasses; from pathlib import Path; from pyweave.host import HostState\n"
+        "state = HostState(Path(sys.argv[1])); config = state.load()\n"
+        "for i in range(200): state.save(dataclasses.replace(config, store=[f'http://198.18.0.{sys.argv[2]}:2379']))\n"
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(n)], stderr=subprocess.PIPE, text=True)
+               for n in (1, 2)]
+    errors = [w.communicate(timeout=60)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], errors
+    config = HostState(tmp_path).load()
+    assert config is not None and config.store in (["http://198.18.0.1:2379"], ["http://198.18.0.2:2379"])
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left behind
+
+
 # -- the host's routes and addresses ---------------------------------------------------------------
 ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
