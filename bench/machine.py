@@ -51,10 +51,14 @@ def load_average() -> str:
         return "unknown"
 
 
+# What the bench itself writes: a run's own report and plots do not make the tree "changed".
+OWN_OUTPUTS = (":(exclude)docs/performance.md", ":(exclude)docs/performance-*.png")
+
+
 def commit() -> str:
-    """The checkout's commit, marked when tracked files differ from it."""
+    """The checkout's commit, marked when tracked files (but the bench's own outputs) differ from it."""
     text = _run("git", "rev-parse", "--short", "HEAD")
-    if _run("git", "status", "--porcelain", "--untracked-files=no") not in ("", "unknown", "not installed"):
+    if _run("git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OWN_OUTPUTS) not in ("", "unknown", "not installed"):
         text += " (with uncommitted changes)"
     return text
 
