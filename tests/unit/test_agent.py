@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from fakes import FakeRuntime, FlakyStore, RecordingDataplane, running, wait_for
@@ -293,3 +294,43 @@ def test_progress_for_a_new_revision_alone_is_written_only_while_someone_waits(h
     wait_for(lambda: h.agent.publisher.next_progress_in() == 0, message="the progress rate limit to pass")
     h.agent.reconcile(full=False)
     assert written() >= wanted
+
+
+def test_a_port_lost_by_hand_comes_back_within_a_resync_period_while_the_store_never_rests(hosts):
+    """Issue 11: the full pass (which re-reads the kernel and repairs what was deleted by hand) runs
+    every resync_interval whatever happens. It once waited for 8 s without any store event, so
+    under steady churn repairs never came. Here the peer's endpoint changes every 20 ms throughout."""
+    h = hosts()
+    resync = 0.5
+    h.agent.config.resync_interval = resync
+    cluster(h.store)
+    loop = threading.Thread(target=h.agent.run, name="test-agent", daemon=True)
+    h.threads.append(loop)
+    loop.start()
+    wait_for(lambda: (CID, VNI) in h.dataplane.ports(), message="the agent to attach CID")
+    stop = threading.Event()
+    writes = [0]
+
+    def churn() -> None:
+        while not stop.is_set():
+            writes[0] += 1
+            put_json(h.store, f"{ROOT}endpoints/{PEER}/{PEER_CID}/10.0.0.2",
+                     {"ip": "10.0.0.2", "prefixlen": 24, "subnet": "10.0.0.0/24", "vni": VNI,
+                      "mac": f"02:00:00:00:01:{writes[0] % 256:02x}", "ifname": "ethwe"})
+            stop.wait(0.02)
+
+    churner = threading.Thread(target=churn, name="test-churn", daemon=True)
+    churner.start()
+    try:
+        wait_for(lambda: writes[0] >= 10, message="the churn to start")
+        with h.dataplane._lock:
+            del h.dataplane._ports[(CID, VNI)]  # the kernel lost it (ip link del by hand)
+        lost, written = time.monotonic(), writes[0]
+        wait_for(lambda: (CID, VNI) in h.dataplane.ports(), timeout=10, message="the port repaired under churn")
+        took = time.monotonic() - lost
+        during = writes[0] - written
+    finally:
+        stop.set()
+        churner.join(timeout=5)
+    assert during >= 5, f"only {during} store writes while the port was missing: no churn to speak of"
+    assert took <= resync + 0.5, f"repaired after {took:.2f} s, resync_interval {resync} s"
